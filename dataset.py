@@ -1,0 +1,338 @@
+"""Brain MRI slices: find the files and their splits, and feed them to Keras through tf.data.
+
+Four sources, each split by patient so that no patient is in two splits:
+- `oasis`: the preprocessed OASIS slices, `keras_png_slices_{train,validate,test}/case_001_slice_0.nii.png`.
+  The `keras_png_slices_seg_*` folders hold segmentation masks, not images, and are never read.
+- `adni`: `AD_NC/{train,test}/{AD,NC}/<patient>_<slice>.jpeg`, labelled AD or NC. ADNI has no validation split,
+  so one is carved from train by patient, stratified by class.
+- `folder`: any folder of images (in class subfolders or not), split by the patient id in the file name.
+- `demo`: the embedded default, a small virtual cohort made from the MNI ICBM152 T1 template that ships inside
+  nilearn (see `build_demo`). It needs no download and is cached as OASIS-layout PNGs after the first build.
+
+Every image becomes grayscale float32 in [0, 1], padded with background to a square, then resized.
+"""
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+SPLITS = ("train", "validate", "test")
+OASIS_FOLDERS = {split: f"keras_png_slices_{split}" for split in SPLITS}
+ADNI_CLASSES = ("AD", "NC")
+# "case_001_slice_0.nii" -> "case_001"; "941_S_1311_78" -> "941_S_1311"; "sub-01_slice_012" -> "sub-01".
+PATIENT_PATTERN = re.compile(r"^(?P<patient>.+?)(?:_slice)?_(?P<slice>\d+)(?:\.nii)?$")
+
+
+class DataError(Exception):
+    """Input data that cannot be used; the message names the path and what was expected."""
+
+
+@dataclasses.dataclass
+class Split:
+    """The image files of one split, their patient ids and integer labels (-1 where unlabelled)."""
+
+    files: list
+    patients: list
+    labels: list
+
+    def __len__(self):
+        return len(self.files)
+
+
+@dataclasses.dataclass
+class DataSource:
+    """Where the images came from, the class names (empty if unlabelled) and the train/validate/test splits."""
+
+    kind: str
+    root: str
+    class_names: list
+    splits: dict
+
+
+def patient_id(path):
+    """The patient a slice belongs to, from its file name (the whole stem if it names no slice number)."""
+    stem = Path(path).name
+    stem = stem[: -len(Path(stem).suffix)] if Path(stem).suffix else stem
+    match = PATIENT_PATTERN.match(stem)
+    return match["patient"] if match else stem
+
+
+def _image_files(folder):
+    """All image files below `folder`, sorted, ignoring other files and hidden ones."""
+    return sorted(str(p) for p in Path(folder).rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith("."))
+
+
+def _split_of(files, labels=None):
+    labels = labels if labels is not None else [-1] * len(files)
+    return Split(list(files), [patient_id(f) for f in files], list(labels))
+
+
+def detect_layout(root):
+    """'oasis', 'adni' or 'folder' by what is in `root`; raises DataError if there is nothing usable."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"--data {root}: no such file or directory")
+    if not root.is_dir():
+        raise DataError(f"--data {root}: expected a folder of images, got a file")
+    if (root / OASIS_FOLDERS["train"]).is_dir():
+        return "oasis"
+    if _adni_root(root) is not None:
+        return "adni"
+    if _image_files(root):
+        return "folder"
+    raise DataError(f"--data {root}: found no images (.png, .jpg, .jpeg, .bmp, .gif) and no OASIS "
+                    f"(keras_png_slices_train/) or ADNI (AD_NC/train/AD, AD_NC/train/NC) layout")
+
+
+def _adni_root(root):
+    """The folder holding ADNI's train/ and test/ (root/AD_NC or root itself), or None."""
+    for candidate in (root / "AD_NC", root):
+        if any((candidate / "train" / name).is_dir() for name in ADNI_CLASSES):
+            return candidate
+    return None
+
+
+def load_oasis(root):
+    """OASIS, already split by patient into keras_png_slices_{train,validate,test}."""
+    root = Path(root)
+    splits = {}
+    for split, folder in OASIS_FOLDERS.items():
+        if not (root / folder).is_dir():
+            raise DataError(f"--data {root}: OASIS layout without its {folder}/ folder")
+        splits[split] = _split_of(_image_files(root / folder))
+    return DataSource("oasis", str(root), [], splits)
+
+
+def load_adni(root, validation_fraction=0.1, seed=0):
+    """ADNI AD/NC with labels; validation carved from train by patient, stratified by class."""
+    base = _adni_root(Path(root))
+    if base is None:
+        raise DataError(f"--data {root}: expected ADNI folders train/AD, train/NC, test/AD, test/NC")
+
+    def labelled(split):
+        files, labels = [], []
+        for label, name in enumerate(ADNI_CLASSES):
+            found = _image_files(base / split / name) if (base / split / name).is_dir() else []
+            files += found
+            labels += [label] * len(found)
+        return _split_of(files, labels)
+
+    train, test = labelled("train"), labelled("test")
+    train, validate = _carve_by_patient(train, validation_fraction, seed)
+    return DataSource("adni", str(base), list(ADNI_CLASSES), {"train": train, "validate": validate, "test": test})
+
+
+def _carve_by_patient(split, fraction, seed):
+    """Move `fraction` of the patients of each label (at least one where there are two) out of `split`."""
+    rng = np.random.default_rng(seed)
+    held_out = set()
+    for label in sorted(set(split.labels)):
+        patients = sorted({p for p, l in zip(split.patients, split.labels) if l == label})
+        count = min(len(patients) - 1, max(1, round(fraction * len(patients)))) if fraction > 0 else 0
+        held_out.update(rng.choice(patients, size=count, replace=False).tolist() if count > 0 else [])
+    return _select(split, lambda p: p not in held_out), _select(split, lambda p: p in held_out)
+
+
+def _select(split, keep_patient):
+    rows = [row for row in zip(split.files, split.patients, split.labels) if keep_patient(row[1])]
+    return Split([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+
+def load_folder(root, fractions=(0.8, 0.1, 0.1), seed=0):
+    """Any folder of images: class subfolders become labels; patients are shuffled (seeded) into splits."""
+    root = Path(root)
+    files = _image_files(root)
+    if not files:
+        raise DataError(f"--data {root}: found no images (.png, .jpg, .jpeg, .bmp, .gif)")
+    parents = sorted({str(Path(f).parent.relative_to(root)) for f in files})
+    class_names = parents if len(parents) > 1 else []
+    labels = [class_names.index(str(Path(f).parent.relative_to(root))) if class_names else -1 for f in files]
+    everything = _split_of(files, labels)
+    patients = sorted(set(everything.patients))
+    np.random.default_rng(seed).shuffle(patients)
+    n_train = max(1, int(round(fractions[0] * len(patients))))
+    n_validate = max(1 if len(patients) > 2 else 0, int(round(fractions[1] * len(patients))))
+    if len(patients) > 2:
+        n_train = min(n_train, len(patients) - n_validate - 1)
+    groups = {"train": set(patients[:n_train]), "validate": set(patients[n_train:n_train + n_validate]),
+              "test": set(patients[n_train + n_validate:])}
+    splits = {name: _select(everything, lambda p, g=group: p in g) for name, group in groups.items()}
+    return DataSource("folder", str(root), class_names, splits)
+
+
+def load_source(data=None, dataset="auto", seed=0, validation_fraction=0.1, cache_dir=None):
+    """Find the images of `data` (the embedded demo when None) and split them by patient."""
+    if dataset == "demo" or (data is None and dataset == "auto"):
+        source = load_oasis(build_demo(cache_dir=cache_dir, seed=seed))
+        source.kind = "demo"
+        return source
+    if data is None:
+        raise DataError(f"--dataset {dataset} needs --data PATH")
+    layout = detect_layout(data) if dataset == "auto" else dataset
+    if layout not in ("oasis", "adni", "folder"):
+        raise DataError(f"--dataset {dataset}: expected one of auto, oasis, adni, folder, demo")
+    if layout == "oasis":
+        source = load_oasis(data)
+    elif layout == "adni":
+        source = load_adni(data, validation_fraction, seed)
+    else:
+        source = load_folder(data, seed=seed)
+    _check_splits(source)
+    return source
+
+
+def _check_splits(source):
+    """Every split has images and no patient is in two splits."""
+    for name, split in source.splits.items():
+        if len(split) == 0:
+            raise DataError(f"--data {source.root}: the {name} split has no images "
+                            f"(is there more than one patient, with slices named <patient>_<slice>?)")
+    seen = {}
+    for name, split in source.splits.items():
+        for patient in set(split.patients):
+            if patient in seen:
+                raise DataError(f"--data {source.root}: patient {patient} is in both the {seen[patient]} "
+                                f"and the {name} split")
+            seen[patient] = name
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Decoding and the tf.data pipeline
+
+
+def decode_image(path, image_size):
+    """One file -> float32 [S, S, 1] in [0, 1]: grayscale, padded to a square with zeros, area-resized."""
+    raw = tf.io.read_file(path)
+    image = tf.io.decode_image(raw, channels=1, expand_animations=False, dtype=tf.uint16)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    side = tf.maximum(height, width)
+    image = tf.image.pad_to_bounding_box(image, (side - height) // 2, (side - width) // 2, side, side)
+    image = tf.image.resize(image, (image_size, image_size), method="area")
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def decoded_split(split, image_size, skip_bad=False):
+    """A cached dataset of (image, label) for one split, every file decoded once, in file order.
+
+    Files that fail to decode raise DataError naming them, or are dropped and counted with `skip_bad`.
+    Returns (dataset, number of files skipped).
+    """
+    def decode(path, label):
+        # Cached as uint8 (a quarter of the memory of float32): the sources are 8-bit images.
+        image = tf.image.convert_image_dtype(decode_image(path, image_size), tf.uint8, saturate=True)
+        return path, image, label
+
+    files = tf.data.Dataset.from_tensor_slices((split.files, tf.constant(split.labels, tf.int32)))
+    decoded = files.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    decoded = decoded.ignore_errors().cache()
+    # Decoding everything now fills the cache and finds bad files before any training starts.
+    survivors = {p.decode() for p in decoded.map(lambda path, image, label: path).as_numpy_iterator()}
+    bad = [f for f in split.files if f not in survivors]
+    if bad and not skip_bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(f"{bad[0]}: not a readable PNG/JPEG/BMP/GIF image{more}; fix or remove it, "
+                        f"or pass --skip-bad")
+    if len(bad) == len(split.files):
+        raise DataError(f"{split.files[0]}: none of the {len(bad)} images could be read")
+    images = decoded.map(lambda path, image, label: (tf.image.convert_image_dtype(image, tf.float32), label))
+    return images.apply(tf.data.experimental.assert_cardinality(len(survivors))), len(bad)
+
+
+def batched(dataset, batch_size, shuffle=False, seed=0, drop_remainder=False):
+    """Shuffle (seeded, reshuffled each epoch), batch and prefetch a decoded split."""
+    if shuffle:
+        dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The embedded demo: a virtual cohort from the MNI ICBM152 template
+
+
+def default_cache_dir():
+    """Where the demo cohort is cached: $BRAIN_VQVAE_CACHE, else $XDG_CACHE_HOME/brain_vqvae, else ~/.cache."""
+    if os.environ.get("BRAIN_VQVAE_CACHE"):
+        return Path(os.environ["BRAIN_VQVAE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "brain_vqvae"
+
+
+def build_demo(cache_dir=None, seed=0, subjects=(12, 2, 2), slice_step=2, size=256):
+    """Build (or reuse) the demo cohort and return its folder, in the OASIS layout.
+
+    The MNI ICBM152 T1 template bundled with nilearn is resliced axially; each virtual subject gets its own
+    random affine (rotation, scale, shear, shift), a smooth elastic deformation, a head-position offset along
+    z, and intensity changes (gamma, a smooth bias field, Rician noise). Subjects, not slices, are assigned to
+    train/validate/test in the counts `subjects`. The result is deterministic for a seed.
+    """
+    root = Path(cache_dir or default_cache_dir()) / f"demo_v2_seed{seed}_{'-'.join(map(str, subjects))}_{slice_step}_{size}"
+    if (root / "complete").exists():
+        return str(root)
+    volume = _mni_template()
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    rng = np.random.default_rng(seed)
+    subject = 0
+    for split, count in zip(SPLITS, subjects):
+        folder = tmp / OASIS_FOLDERS[split]
+        folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(count):
+            subject += 1
+            for index, image in enumerate(_virtual_subject(volume, rng, slice_step, size)):
+                tf.io.write_file(str(folder / f"case_{subject:03d}_slice_{index}.nii.png"),
+                                 tf.io.encode_png(image[..., None]))
+    (tmp / "complete").write_text("ok\n")
+    if root.exists():
+        return str(root)  # another process finished first
+    tmp.rename(root)
+    return str(root)
+
+
+def _mni_template():
+    """The 1 mm MNI152 T1 template as float32 [x, y, z] in [0, 1]; bundled with nilearn, no download."""
+    from nilearn.datasets import load_mni152_template
+
+    volume = load_mni152_template(resolution=1).get_fdata().astype(np.float32)
+    return np.clip(volume / np.percentile(volume, 99.5), 0.0, 1.0)
+
+
+def _virtual_subject(volume, rng, slice_step, size):
+    """The axial slices (uint8 [size, size]) of one randomly deformed, re-imaged copy of the template."""
+    from scipy import ndimage
+
+    nx, ny, nz = volume.shape
+    brain_area = (volume > 0.1).sum(axis=(0, 1))
+    brain_slices = np.flatnonzero(brain_area > 0.25 * brain_area.max())
+    shift_z = rng.integers(-3, 4)
+    z_positions = np.clip(brain_slices[::slice_step] + shift_z, 0, nz - 1)
+
+    # Output pixel (row, col) -> template (x, y): anterior up, subject's left on the image's right.
+    angle = np.deg2rad(rng.uniform(-8, 8))
+    scale = rng.uniform(0.9, 1.1, size=2)
+    shear = rng.uniform(-0.05, 0.05)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    # The brain fills about three quarters of the frame, as in the OASIS slices.
+    matrix = rotation @ np.array([[1.0, shear], [0.0, 1.0]]) @ np.diag(1.0 / scale) * (0.8 * max(nx, ny) / size)
+    rows, cols = np.meshgrid(np.arange(size) - size / 2, np.arange(size) - size / 2, indexing="ij")
+    offset = rng.uniform(-4, 4, size=2)
+    x = matrix[0, 0] * cols + matrix[0, 1] * rows + nx / 2 + offset[0]
+    y = -(matrix[1, 0] * cols + matrix[1, 1] * rows) + ny / 2 + offset[1]
+    for coords in (x, y):  # smooth elastic deformation, a few mm
+        coords += ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), sigma=24) * 60 * rng.uniform(0.5, 1)
+
+    gamma = rng.uniform(0.75, 1.35)
+    bias = np.exp(ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), sigma=64) * 8 * rng.uniform(0.5, 1))
+    noise = rng.uniform(0.005, 0.02)
+    for z in z_positions:
+        image = ndimage.map_coordinates(volume[:, :, z], [x, y], order=1, mode="constant", cval=0.0)
+        image = np.clip(image, 0, 1) ** gamma * bias
+        # Rician noise inside the head only: the public slices are skull-stripped with a zero background.
+        head = ndimage.binary_dilation(image > 0.05, iterations=2)
+        noisy = np.hypot(image + rng.normal(0, noise, image.shape), rng.normal(0, noise, image.shape))
+        image = np.where(head, noisy, 0.0)
+        yield (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)

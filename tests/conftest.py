@@ -1,0 +1,63 @@
+"""Small fixtures in the real OASIS and ADNI layouts, written by the tests themselves."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def fake_slice(rng, width=256, height=256):
+    """A brain-like grayscale slice: a bright ellipse with a darker core on a black background."""
+    image = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(image)
+    rx, ry = rng.integers(width // 4, width // 3), rng.integers(height // 4, height // 3)
+    cx, cy = width // 2 + rng.integers(-8, 9), height // 2 + rng.integers(-8, 9)
+    draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=int(rng.integers(150, 230)))
+    draw.ellipse([cx - rx // 3, cy - ry // 3, cx + rx // 3, cy + ry // 3], fill=int(rng.integers(30, 90)))
+    return image
+
+
+@pytest.fixture
+def oasis_root(tmp_path):
+    """OASIS layout: 3 train, 1 validate, 1 test patient of 4 slices each, plus a seg folder to ignore."""
+    rng = np.random.default_rng(0)
+    case = 0
+    for split, patients in (("train", 3), ("validate", 1), ("test", 1)):
+        for folder in (f"keras_png_slices_{split}", f"keras_png_slices_seg_{split}"):
+            (tmp_path / folder).mkdir()
+        for _ in range(patients):
+            case += 1
+            for index in range(4):
+                name = f"case_{case:03d}_slice_{index}.nii.png"
+                fake_slice(rng).save(tmp_path / f"keras_png_slices_{split}" / name)
+                Image.new("L", (256, 256), 3).save(tmp_path / f"keras_png_slices_seg_{split}" / name)
+    return tmp_path
+
+
+def write_adni(base, train_patients=5, test_patients=2, slices=3, seed=0):
+    """ADNI layout under `base`: {train,test}/{AD,NC}/<patient>_<slice>.jpeg, 256 wide x 240 high."""
+    rng = np.random.default_rng(seed)
+    patient = 100000
+    for split, count in (("train", train_patients), ("test", test_patients)):
+        for label in ("AD", "NC"):
+            folder = base / split / label
+            folder.mkdir(parents=True)
+            for _ in range(count):
+                patient += 1
+                for index in range(slices):
+                    fake_slice(rng, 256, 240).save(folder / f"{patient}_{70 + index}.jpeg", quality=95)
+    return base
+
+
+@pytest.fixture
+def adni_root(tmp_path):
+    """ADNI as distributed: <root>/AD_NC/{train,test}/{AD,NC}, 5+5 train and 2+2 test patients."""
+    write_adni(tmp_path / "AD_NC")
+    return tmp_path

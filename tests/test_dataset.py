@@ -1,0 +1,144 @@
+"""Finding, splitting and decoding the OASIS, ADNI, folder and demo sources."""
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dataset
+from conftest import fake_slice, write_adni
+
+
+def images_of(split, size=32):
+    decoded, skipped = dataset.decoded_split(split, size)
+    pairs = list(decoded.as_numpy_iterator())
+    return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs]), skipped
+
+
+def assert_no_patient_in_two_splits(source):
+    patients = [set(split.patients) for split in source.splits.values()]
+    for i in range(len(patients)):
+        for j in range(i + 1, len(patients)):
+            assert not patients[i] & patients[j]
+
+
+@pytest.mark.parametrize("name, patient", [("case_001_slice_0.nii.png", "case_001"),
+                                           ("941_S_1311_78.jpeg", "941_S_1311"), ("1182968_94.jpeg", "1182968"),
+                                           ("sub-01_slice_012.png", "sub-01"), ("scan.png", "scan")])
+def test_patient_id_from_file_name(name, patient):
+    assert dataset.patient_id(f"/some/dir/{name}") == patient
+
+
+def test_oasis_counts_shapes_ranges_and_no_masks(oasis_root):
+    source = dataset.load_source(str(oasis_root))
+    assert source.kind == "oasis" and source.class_names == []
+    assert {name: len(split) for name, split in source.splits.items()} == {"train": 12, "validate": 4, "test": 4}
+    assert not any("seg" in f for split in source.splits.values() for f in split.files)
+    images, labels, skipped = images_of(source.splits["train"])
+    assert images.shape == (12, 32, 32, 1) and images.dtype == np.float32 and skipped == 0
+    assert images.min() >= 0 and images.max() <= 1 and images.max() > 0.5
+    assert set(labels) == {-1}
+    assert_no_patient_in_two_splits(source)
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_adni_labels_and_validation_carved_by_patient(tmp_path, nested):
+    write_adni(tmp_path / "AD_NC" if nested else tmp_path, train_patients=10)
+    source = dataset.load_source(str(tmp_path), seed=3, validation_fraction=0.2)
+    assert source.kind == "adni" and source.class_names == ["AD", "NC"]
+    validate, train, test = (source.splits[n] for n in ("validate", "train", "test"))
+    # 20 % of each class's 10 train patients, stratified: 2 AD and 2 NC patients of 3 slices each.
+    assert len(validate) == 12 and sorted(np.bincount(validate.labels)) == [6, 6]
+    assert len(train) == 48 and len(test) == 12
+    assert_no_patient_in_two_splits(source)
+    for split in source.splits.values():
+        for file, label in zip(split.files, split.labels):
+            assert f"/{source.class_names[label]}/" in file
+    images, labels, _ = images_of(test, 32)
+    assert images.shape == (12, 32, 32, 1)
+    np.testing.assert_array_equal(labels, test.labels)
+
+
+def test_adni_split_is_deterministic_for_a_seed(adni_root):
+    first = dataset.load_source(str(adni_root), seed=7).splits["validate"].files
+    assert dataset.load_source(str(adni_root), seed=7).splits["validate"].files == first
+
+
+def test_non_square_images_are_padded_with_background_then_resized(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("L", (256, 240), 255).save(folder / "p1_1.png")  # 256 wide, 240 high, all white
+    split = dataset.Split([str(folder / "p1_1.png")], ["p1"], [-1])
+    image = images_of(split, 32)[0][0, ..., 0]
+    # 8 rows of padding above and below become one background row at 32x32.
+    np.testing.assert_allclose(image[[0, -1]], 0.0, atol=0.02)
+    np.testing.assert_allclose(image[2:-2], 1.0, atol=1e-6)
+
+
+def test_colour_and_16_bit_images_become_grayscale_in_unit_range(tmp_path):
+    rgb = tmp_path / "p1_1.png"
+    Image.new("RGB", (40, 40), (200, 200, 200)).save(rgb)
+    deep = tmp_path / "p2_1.png"
+    Image.fromarray(np.full((40, 40), 40000, np.uint16)).save(deep)
+    split = dataset.Split([str(rgb), str(deep)], ["p1", "p2"], [-1, -1])
+    images = images_of(split, 16)[0]
+    np.testing.assert_allclose(images[0], 200 / 255, atol=0.01)
+    np.testing.assert_allclose(images[1], 40000 / 65535, atol=0.01)
+
+
+def test_folder_source_splits_by_patient_and_labels_subfolders(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("healthy", "tumour"):
+        (tmp_path / cls).mkdir()
+        for patient in range(5):
+            for index in range(2):
+                fake_slice(rng, 64, 64).save(tmp_path / cls / f"{cls}{patient}_slice_{index}.png")
+    (tmp_path / "healthy" / "notes.txt").write_text("not an image")
+    source = dataset.load_source(str(tmp_path))
+    assert source.kind == "folder" and source.class_names == ["healthy", "tumour"]
+    assert sum(len(split) for split in source.splits.values()) == 20
+    assert all(len(split) > 0 for split in source.splits.values())
+    assert_no_patient_in_two_splits(source)
+
+
+def test_corrupt_file_is_named_or_skipped(oasis_root):
+    bad = oasis_root / "keras_png_slices_train" / "case_001_slice_2.nii.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    split = dataset.load_source(str(oasis_root)).splits["train"]
+    with pytest.raises(dataset.DataError, match="case_001_slice_2.nii.png"):
+        dataset.decoded_split(split, 32)
+    decoded, skipped = dataset.decoded_split(split, 32, skip_bad=True)
+    assert skipped == 1 and len(list(decoded)) == 11
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing", "no such file"),
+    (lambda p: p, "found no images"),
+    (lambda p: (p / "a.txt").write_text("x") and p, "found no images"),
+])
+def test_unusable_data_paths_raise_a_clear_error(tmp_path, make, message):
+    with pytest.raises(dataset.DataError, match=message):
+        dataset.load_source(str(make(tmp_path)))
+
+
+def test_demo_builds_offline_deterministically_in_oasis_layout(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the demo must not use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    settings = dict(seed=5, subjects=(2, 1, 1), slice_step=25, size=64)
+    first = dataset.build_demo(cache_dir=tmp_path / "a", **settings)
+    second = dataset.build_demo(cache_dir=tmp_path / "b", **settings)
+    source = dataset.load_oasis(first)
+    assert [len(set(source.splits[s].patients)) for s in dataset.SPLITS] == [2, 1, 1]
+    images = images_of(source.splits["train"], 32)[0]
+    assert images.shape[1:] == (32, 32, 1) and len(images) >= 8
+    assert images.mean() > 0.05 and images[:, 0, 0].max() == 0  # brain in the middle, background at the corner
+    files = sorted(p.relative_to(first) for p in Path(first).rglob("*.png"))
+    assert files == sorted(p.relative_to(second) for p in Path(second).rglob("*.png"))
+    assert all((Path(first) / f).read_bytes() == (Path(second) / f).read_bytes() for f in files)
+    # Two subjects differ: the cohort is not one image copied.
+    a, b = (images_of(source.splits[s], 32)[0] for s in ("validate", "test"))
+    assert np.abs(a.mean(0) - b.mean(0)).mean() > 0.01
