@@ -50,7 +50,7 @@ def parse_args(argv=None):
     run.add_argument("--stage", default="all", choices=["all", "vqvae"],
                      help="what to train (default: %(default)s; the prior stage arrives with the prior)")
     run.add_argument("--epochs", type=int, default=12, help="epochs of the VQ-VAE (default: %(default)s)")
-    run.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
+    run.add_argument("--batch-size", type=int, default=16, help="images per step (default: %(default)s)")
     run.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate (default: %(default)s)")
     run.add_argument("--max-minutes", type=float, help="stop training cleanly after this many minutes")
     run.add_argument("--seed", type=int, default=0, help="seed for data splits, shuffling and weights")
@@ -130,12 +130,17 @@ def load_data(args):
     return source, decoded
 
 
-def build_model(args):
-    """A compiled VQVAETrainer from the command line's model flags."""
+def build_model(args, steps_per_epoch):
+    """A compiled VQVAETrainer from the command line's model flags.
+
+    The learning rate follows a cosine decay to a tenth of --learning-rate over the planned epochs: in the
+    short runs this tool is used for, annealing gives a clearly better final model than a constant rate.
+    """
     model = VQVAETrainer(num_codes=args.num_codes, code_dim=args.code_dim, channels=args.channels,
                          downsamplings=args.downsamplings, res_blocks=args.res_blocks, beta=args.beta,
                          ema_decay=args.ema_decay or None, seed=args.seed)
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
+    schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, args.epochs * steps_per_epoch, alpha=0.1)
+    model.compile(optimizer=keras.optimizers.Adam(schedule))
     return model
 
 
@@ -173,7 +178,7 @@ def main(argv=None):
         source, decoded = load_data(args)
     except dataset.DataError as error:
         fail(str(error))
-    model = build_model(args)
+    model = build_model(args, steps_per_epoch=max(1, len(source.splits["train"]) // args.batch_size))
     run = train_vqvae(args, model, decoded)
     metrics, _ = evaluate_reconstructions(model, dataset.batched(decoded["test"], args.batch_size))
     metrics.update({key: run[key] for key in ("train_seconds", "epochs_run", "train_images_per_second")})
