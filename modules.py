@@ -5,6 +5,8 @@ its nearest entry in a learnt codebook of K codes, and the decoder maps the grid
 `VQVAETrainer` owns the three parts and trains them with its own `train_step`.
 """
 
+import math
+
 import keras
 import tensorflow as tf
 from keras import layers, ops
@@ -299,3 +301,192 @@ def _images_of(data):
     """The images of a batch that may be `images` or `(images, labels)`."""
     images = data[0] if isinstance(data, (tuple, list)) else data
     return ops.cast(images, "float32")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The prior: a gated PixelCNN over code grids (van den Oord et al. 2016, "Conditional Image Generation with
+# PixelCNN Decoders").
+
+
+def _gate(features):
+    """tanh(a) * sigmoid(b) of the two halves of the channels."""
+    a, b = ops.split(features, 2, axis=-1)
+    return ops.tanh(a) * ops.sigmoid(b)
+
+
+def _shift_down(features):
+    """Row i gets row i-1 (zeros in row 0): what a position may see of the vertical stack."""
+    return ops.pad(features, [[0, 0], [1, 0], [0, 0], [0, 0]])[:, :-1]
+
+
+def _shift_right(features):
+    """Column j gets column j-1 (zeros in column 0): the first layer must not see the current position."""
+    return ops.pad(features, [[0, 0], [0, 0], [1, 0], [0, 0]])[:, :, :-1]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GatedPixelCNNBlock(layers.Layer):
+    """One gated layer with a vertical stack (rows above) and a horizontal stack (the row to the left).
+
+    The vertical stack at row i sees rows <= i; it reaches the horizontal stack only shifted one row down,
+    through a 1x1 convolution, so position (i, j) sees rows < i. The horizontal stack sees columns <= j of
+    its own features; the first block shifts its input right so that it sees columns < j (mask A), later
+    blocks include j (mask B). Both stacks use 2x3 and 1x2 kernels dilated by `dilation`, so blocks with
+    dilations 1, 2, 4, ... cover a wide grid without a blind spot. Causality comes from padding and kernel
+    shapes, not from masking weights. A class embedding is added inside both gates when `num_classes` > 0.
+    """
+
+    def __init__(self, channels, dilation=1, first=False, num_classes=0, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.dilation = dilation
+        self.first = first
+        self.num_classes = num_classes
+        d = dilation
+        self.vertical_conv = layers.Conv2D(2 * channels, (2, 3), dilation_rate=(d, d), name="vertical")
+        self.horizontal_conv = layers.Conv2D(2 * channels, (1, 2), dilation_rate=(1, d), name="horizontal")
+        self.vertical_to_horizontal = layers.Conv2D(2 * channels, 1, name="vertical_to_horizontal")
+        self.horizontal_out = layers.Conv2D(channels, 1, name="horizontal_out")
+        if num_classes:
+            self.vertical_class = layers.Embedding(num_classes, 2 * channels, name="vertical_class")
+            self.horizontal_class = layers.Embedding(num_classes, 2 * channels, name="horizontal_class")
+
+    def build(self, input_shape):
+        shape = (None, None, None, self.channels)
+        self.vertical_conv.build(shape)
+        self.horizontal_conv.build(shape)
+        self.vertical_to_horizontal.build((None, None, None, 2 * self.channels))
+        self.horizontal_out.build(shape)
+        if self.num_classes:
+            self.vertical_class.build((None,))
+            self.horizontal_class.build((None,))
+
+    def vertical(self, v, labels=None):
+        """(next vertical features, the link to the horizontal stack for the same rows, unshifted)."""
+        d = self.dilation
+        pre = self.vertical_conv(ops.pad(v, [[0, 0], [d, 0], [d, d], [0, 0]]))
+        if self.num_classes:
+            pre = pre + self.vertical_class(labels)[:, None, None, :]
+        return _gate(pre), self.vertical_to_horizontal(pre)
+
+    def horizontal(self, h, link, labels=None):
+        """The next horizontal features, given the shifted link from the vertical stack."""
+        source = _shift_right(h) if self.first else h
+        pre = self.horizontal_conv(ops.pad(source, [[0, 0], [0, 0], [self.dilation, 0], [0, 0]])) + link
+        if self.num_classes:
+            pre = pre + self.horizontal_class(labels)[:, None, None, :]
+        out = self.horizontal_out(_gate(pre))
+        return out if self.first else h + out
+
+    def call(self, v, h, labels=None):
+        v_next, link = self.vertical(v, labels)
+        return v_next, self.horizontal(h, _shift_down(link), labels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "dilation": self.dilation,
+                "first": self.first, "num_classes": self.num_classes}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GatedPixelCNN(keras.Model):
+    """Autoregressive prior p(codes) = prod_p p(code_p | codes before p in raster order[, class label]).
+
+    Input: int code grids [N, G, G] (and int labels [N] when `num_classes` > 0); output: logits
+    [N, G, G, num_codes]. Block dilations cycle through 1, 2, 4, ... up to half the grid, so the receptive
+    field of every position covers all positions before it once there are at least log2(G) blocks.
+    """
+
+    def __init__(self, num_codes=256, grid_size=32, channels=64, num_layers=10, num_classes=0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_codes = num_codes
+        self.grid_size = grid_size
+        self.channels = channels
+        self.num_layers = num_layers
+        self.num_classes = num_classes
+        cycle = max(1, math.ceil(math.log2(grid_size)))
+        self.embedding = layers.Embedding(num_codes, channels, name="code_embedding")
+        self.blocks = [GatedPixelCNNBlock(channels, dilation=2 ** (i % cycle), first=i == 0,
+                                          num_classes=num_classes, name=f"gated_block{i + 1}")
+                       for i in range(num_layers)]
+        self.head_hidden = layers.Conv2D(channels, 1, activation="relu", name="head_hidden")
+        self.head_logits = layers.Conv2D(num_codes, 1, name="head_logits", dtype="float32")
+        self.embedding.build((None,))
+        for block in self.blocks:
+            block.build((None, None, None, channels))
+        self.head_hidden.build((None, None, None, channels))
+        self.head_logits.build((None, None, None, channels))
+
+    def _split(self, inputs):
+        if isinstance(inputs, (tuple, list)):
+            codes, labels = inputs
+            return codes, (labels if self.num_classes else None)
+        if self.num_classes:
+            raise ValueError("this prior is class-conditional: call it with (codes, labels)")
+        return inputs, None
+
+    def vertical_links(self, embedded, labels=None):
+        """For each block, what the vertical stack passes to the horizontal stack, already shifted: rows < i.
+
+        `embedded` is `self.embedding(codes)`, [N, G, G, channels].
+        """
+        v = embedded
+        links = []
+        for block in self.blocks:
+            v, link = block.vertical(v, labels)
+            links.append(_shift_down(link))
+        return links
+
+    def horizontal_logits(self, embedded, links, labels=None):
+        """Logits for the rows of `embedded` given the matching rows of `vertical_links` (any row subset)."""
+        h = embedded
+        for block, link in zip(self.blocks, links):
+            h = block.horizontal(h, link, labels)
+        return self.head_logits(self.head_hidden(ops.relu(h)))
+
+    def call(self, inputs):
+        codes, labels = self._split(inputs)
+        embedded = self.embedding(codes)
+        return self.horizontal_logits(embedded, self.vertical_links(embedded, labels), labels)
+
+    def sample(self, n, labels=None, temperature=1.0, seed=0, fast=True):
+        """Draw `n` code grids by ancestral sampling in raster order; int32 [n, G, G].
+
+        `fast` computes the vertical stack once per row, then only the current row's horizontal stack per
+        position; otherwise every position recomputes the whole network. Both draw the same codes for the
+        same seed, since position p draws with the stateless seed (seed, p). Wrap in tf.function to compile.
+        """
+        g = self.grid_size
+        labels = ops.cast(labels, "int32") if self.num_classes else None
+        codes = tf.zeros((n, g, g), tf.int32)
+        for i in tf.range(g):
+            if fast:
+                row_links = [link[:, i:i + 1] for link in self.vertical_links(self.embedding(codes), labels)]
+                codes = self._sample_row(codes, i, labels, temperature, seed, row_links)
+            else:
+                codes = self._sample_row(codes, i, labels, temperature, seed)
+        return codes
+
+    def _sample_row(self, codes, i, labels, temperature, seed, row_links=None):
+        """Sample row i position by position: from the row alone given `row_links`, else the whole grid."""
+        g = self.grid_size
+        for j in tf.range(g):
+            if row_links is not None:
+                logits = self.horizontal_logits(self.embedding(codes[:, i:i + 1]), row_links, labels)[:, 0, j]
+            else:
+                logits = self.call((codes, labels) if self.num_classes else codes)[:, i, j]
+            position_seed = tf.stack([tf.cast(seed, tf.int32), i * g + j])
+            drawn = tf.random.stateless_categorical(logits / tf.cast(temperature, logits.dtype), 1, position_seed,
+                                                    dtype=tf.int32)[:, 0]
+            here = tf.cast(tf.logical_and(tf.range(g)[:, None] == i, tf.range(g)[None, :] == j), tf.int32)
+            codes = codes * (1 - here) + drawn[:, None, None] * here
+        return codes
+
+    def get_config(self):
+        return {**super().get_config(), "num_codes": self.num_codes, "grid_size": self.grid_size,
+                "channels": self.channels, "num_layers": self.num_layers, "num_classes": self.num_classes}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def bits_per_code(codes, logits):
+    """Negative log-likelihood of each code under the prior's logits, in bits."""
+    return keras.losses.sparse_categorical_crossentropy(codes, logits, from_logits=True) / math.log(2.0)

@@ -1,13 +1,15 @@
-"""Use an exported model: reconstruct test slices (and, once a prior is trained, generate new ones).
+"""Use an exported model: generate new brain slices, or reconstruct test slices.
 
     python predict.py --reconstruct /data/ADNI           # test inputs above their reconstructions, with SSIM
-    python predict.py --n 16                             # new slices from the prior (needs a trained prior)
+    python predict.py --n 16                             # 16 new slices from the prior, one PNG each and a grid
+    python predict.py --n 16 --label AD                  # of one class, for a class-conditional (ADNI) model
 
 Only the SavedModel written by train.py is loaded; no training code runs.
 """
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -34,10 +36,15 @@ def parse_args(argv=None):
     parser.add_argument("--n", type=int, default=16, help="how many images to generate or show (default: %(default)s)")
     parser.add_argument("--reconstruct", metavar="DATA",
                         help="show test slices of DATA (or 'demo') above their reconstructions")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data split (default: %(default)s)")
+    parser.add_argument("--label", help="class to generate, e.g. AD or NC (conditional models only)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature; lower is more conservative (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the data split")
     args = parser.parse_args(argv)
     if args.n <= 0:
         parser.error(f"--n {args.n}: expected a positive number of images")
+    if args.temperature <= 0:
+        parser.error(f"--temperature {args.temperature}: expected a positive number")
     return args
 
 
@@ -79,6 +86,41 @@ def reconstruct_figure(model, metadata, data, n, seed, out):
     return path
 
 
+def generate(model, metadata, args, out):
+    """Sample `args.n` new slices; write them one PNG each and as a grid. Returns (grid path, image paths)."""
+    if not metadata.get("has_prior"):
+        fail(f"--model {args.model}: this export has no prior to sample from; "
+             f"use --reconstruct DATA, or train one with train.py --stage prior")
+    classes = metadata["class_names"]
+    if args.label is not None and not classes:
+        fail(f"--label {args.label}: the model at {args.model} is not class-conditional")
+    if args.label is not None and args.label not in classes:
+        fail(f"--label {args.label}: expected one of {', '.join(classes)}")
+    n, temperature, seed = tf.constant(args.n), tf.constant(args.temperature), tf.constant(args.seed)
+    if args.label is not None:
+        images = model.sample_class(n, tf.constant(classes.index(args.label)), temperature, seed).numpy()
+    else:
+        images = model.sample(n, temperature, seed).numpy()
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"sample_{args.label}" if args.label else "sample"
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(out / f"{stem}_{index:03d}.png")
+        tf.io.write_file(str(paths[-1]), tf.io.encode_png(tf.cast(tf.round(image * 255), tf.uint8)))
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.6 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image in zip(axes.flat, images):
+        axis.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+    figure.suptitle(f"{args.label or 'generated'} (temperature {args.temperature}, seed {args.seed})", fontsize=9)
+    grid_path = out / f"{stem}_grid.png"
+    figure.savefig(grid_path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return grid_path, paths
+
+
 def main(argv=None):
     args = parse_args(argv)
     model, metadata = load_export(args.model)
@@ -87,9 +129,9 @@ def main(argv=None):
         path = reconstruct_figure(model, metadata, args.reconstruct, min(args.n, 16), args.seed, out)
         print(f"Reconstructions: {path}")
         return
-    if not hasattr(model, "sample"):
-        fail(f"--model {args.model}: this export has no prior to sample from; "
-             f"use --reconstruct DATA, or train a prior (train.py --stage prior)")
+    grid_path, paths = generate(model, metadata, args, out)
+    print(f"Grid:   {grid_path}")
+    print(f"Images: {len(paths)} PNGs, {paths[0]} ... {paths[-1]}")
 
 
 if __name__ == "__main__":

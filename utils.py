@@ -83,11 +83,16 @@ def evaluate_reconstructions(model, dataset):
     return summary, per_image
 
 
-def export_savedmodel(model, path, image_size, metadata):
-    """Write `model` as a SavedModel that TensorFlow code loads without this project.
+def export_savedmodel(model, path, image_size, metadata, prior=None, class_counts=None):
+    """Write `model` (and `prior`) as one SavedModel that TensorFlow code loads without this project.
 
-    Endpoints: encode(images) -> int32 codes [N, h, w]; decode(codes) -> images; reconstruct(images) ->
-    images; metadata() -> the JSON of `metadata` as a string. Images are float32 [N, S, S, 1] in [0, 1].
+    Images are float32 [N, S, S, 1] in [0, 1]; codes are int32 [N, G, G]; labels int32 [N].
+    Always: encode(images) -> codes; decode(codes) -> images; reconstruct(images) -> images;
+    metadata() -> JSON string (image_size, grid, num_codes, class_names, has_prior).
+    With a prior: sample(n, temperature=1, seed=0) -> images (a conditional prior draws classes in training
+    proportions); prior_logits(codes[, labels]) -> [N, G, G, K]; log_prob(images[, labels]) -> [N], the
+    natural-log likelihood of the images' codes under the prior; conditional priors add
+    sample_class(n, label, temperature=1, seed=0).
     """
     from keras.export import ExportArchive
 
@@ -101,4 +106,44 @@ def export_savedmodel(model, path, image_size, metadata):
     archive.add_endpoint("decode", model.decode, input_signature=[codes_spec])
     archive.add_endpoint("reconstruct", model.reconstruct, input_signature=[images_spec])
     archive.add_endpoint("metadata", lambda: tf.constant(metadata_json), input_signature=[])
+    if prior is not None:
+        _add_prior_endpoints(archive, model, prior, images_spec, codes_spec, class_counts)
     archive.write_out(str(path), verbose=False)
+
+
+def _add_prior_endpoints(archive, model, prior, images_spec, codes_spec, class_counts):
+    archive.track(prior)
+    scalar = {name: tf.TensorSpec([], dtype, name=name) for name, dtype in
+              (("n", tf.int32), ("label", tf.int32), ("temperature", tf.float32), ("seed", tf.int32))}
+    labels_spec = tf.TensorSpec([None], tf.int32, name="labels")
+    # ExportArchive traces endpoints without AutoGraph; the sampler's loops need it.
+    sample_codes = tf.function(prior.sample, autograph=True)
+
+    def log_prob(images, labels=None):
+        codes = model.encode(images)
+        log_probs = tf.nn.log_softmax(prior((codes, labels) if prior.num_classes else codes), axis=-1)
+        return tf.reduce_sum(tf.gather(log_probs, codes, batch_dims=3), axis=[1, 2])
+
+    if prior.num_classes:
+        log_weights = tf.math.log(tf.constant(class_counts, tf.float32)[None, :])
+
+        def sample(n, temperature=1.0, seed=0):
+            labels = tf.random.stateless_categorical(log_weights, n, tf.stack([seed, -1]), dtype=tf.int32)[0]
+            return model.decode(sample_codes(n, labels, temperature, seed))
+
+        def sample_class(n, label, temperature=1.0, seed=0):
+            return model.decode(sample_codes(n, tf.fill([n], label), temperature, seed))
+
+        archive.add_endpoint("sample", sample, input_signature=[scalar["n"], scalar["temperature"], scalar["seed"]])
+        archive.add_endpoint("sample_class", sample_class, input_signature=[
+            scalar["n"], scalar["label"], scalar["temperature"], scalar["seed"]])
+        archive.add_endpoint("prior_logits", lambda codes, labels: prior((codes, labels)),
+                             input_signature=[codes_spec, labels_spec])
+        archive.add_endpoint("log_prob", log_prob, input_signature=[images_spec, labels_spec])
+    else:
+        def sample(n, temperature=1.0, seed=0):
+            return model.decode(sample_codes(n, None, temperature, seed))
+
+        archive.add_endpoint("sample", sample, input_signature=[scalar["n"], scalar["temperature"], scalar["seed"]])
+        archive.add_endpoint("prior_logits", prior, input_signature=[codes_spec])
+        archive.add_endpoint("log_prob", log_prob, input_signature=[images_spec])

@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import ROOT, write_adni
 
 TINY = ["--image-size", "32", "--epochs", "2", "--batch-size", "8", "--channels", "16", "--code-dim", "8",
-        "--num-codes", "16", "--res-blocks", "1"]
+        "--num-codes", "16", "--res-blocks", "1", "--prior-epochs", "2", "--prior-channels", "8", "--prior-layers", "3"]
 
 
 def run(args, cwd=ROOT, env=None):
@@ -33,21 +33,24 @@ def trained(tmp_path_factory):
     return out, logdir, data, result.stdout
 
 
-def scalar_tags(logdir):
+def summary_tags(logdir):
+    """Every "stage/split/tag" written under a run's logdir."""
     tags = set()
-    for path in tf.io.gfile.glob(f"{logdir}/*/events.out.tfevents.*"):
+    for path in tf.io.gfile.glob(f"{logdir}/*/*/events.out.tfevents.*"):
+        where = os.path.relpath(os.path.dirname(path), logdir)
         for event in tf.compat.v1.train.summary_iterator(path):
-            tags.update(f"{os.path.basename(os.path.dirname(path))}/{v.tag}" for v in event.summary.value)
+            tags.update(f"{where}/{value.tag}" for value in event.summary.value)
     return tags
 
 
-def test_train_writes_tensorboard_loss_and_ssim_for_train_and_validation(trained):
+def test_train_writes_tensorboard_loss_ssim_and_prior_bits_for_train_and_validation(trained):
     _, logdir, _, _ = trained
-    tags = scalar_tags(logdir)
+    tags = summary_tags(logdir)
     for split in ("train", "validation"):
-        assert f"{split}/epoch_loss" in tags and f"{split}/epoch_ssim" in tags
-        assert f"{split}/epoch_psnr" in tags and f"{split}/epoch_codes_used" in tags
-    assert "validation/inputs_and_reconstructions" in tags
+        for metric in ("loss", "ssim", "psnr", "codes_used", "perplexity"):
+            assert f"vqvae/{split}/epoch_{metric}" in tags
+        assert f"prior/{split}/epoch_loss" in tags and f"prior/{split}/epoch_bits_per_code" in tags
+    assert "vqvae/validation/inputs_and_reconstructions" in tags and "prior/validation/samples" in tags
 
 
 def test_train_writes_config_metrics_and_prints_where(trained):
@@ -56,38 +59,81 @@ def test_train_writes_config_metrics_and_prints_where(trained):
     assert metrics["n_images"] == 2 * 2 * 4  # the whole test split: 2 AD + 2 NC patients x 4 slices
     assert 0 < metrics["ssim_mean"] <= 1 and metrics["psnr_mean"] > 0 and metrics["mse_mean"] > 0
     assert 1 <= metrics["codes_used"] <= 16 and 1 <= metrics["perplexity"] <= 16
+    assert 0 < metrics["prior_validation_bits_per_code"] and metrics["prior_uniform_bits_per_code"] == 4
+    assert metrics["prior_conditional"] and metrics["prior_class_counts"] == [12, 12]
     config = json.loads((out / "config.json").read_text())
     assert config["image_size"] == 32 and config["class_names"] == ["AD", "NC"]
-    assert (out / "model.keras").exists()
+    assert (out / "model.keras").exists() and (out / "prior.keras").exists()
     assert str(out) in stdout and "metrics.json" in stdout
 
 
-def test_export_loads_without_the_project_and_matches_the_keras_model(trained, tmp_path):
+def test_export_loads_without_the_project_and_matches_the_keras_models(trained, tmp_path):
     out, _, _, _ = trained
     images = np.random.default_rng(0).random((3, 32, 32, 1)).astype("float32")
     np.save(tmp_path / "images.npy", images)
     script = textwrap.dedent(f"""
-        import sys, numpy as np, tensorflow as tf
-        assert not any(p.endswith("main") or "modules" in p for p in sys.path if p)
+        import importlib.util, json, numpy as np, tensorflow as tf
+        assert importlib.util.find_spec("modules") is None  # this project is not importable here
         model = tf.saved_model.load({str(out)!r})
         x = tf.constant(np.load("images.npy"))
         codes = model.encode(x)
         assert codes.dtype == tf.int32 and codes.shape == (3, 8, 8), codes.shape
+        labels = tf.constant([0, 1, 1])
         np.save("exported.npy", model.reconstruct(x).numpy())
         np.save("roundtrip.npy", model.decode(codes).numpy())
+        np.save("logits.npy", model.prior_logits(codes, labels).numpy())
+        np.save("log_prob.npy", model.log_prob(x, labels).numpy())
+        samples = model.sample(4, 1.0, 5)
+        assert samples.shape == (4, 32, 32, 1) and samples.dtype == tf.float32
+        again = model.sample(tf.constant(4), tf.constant(1.0), tf.constant(5))
+        np.testing.assert_array_equal(samples.numpy(), again.numpy())  # the same seed draws the same images
+        assert model.sample_class(2, 1, 0.5, 0).shape == (2, 32, 32, 1)
         print(model.metadata().numpy().decode())
     """)
     result = run([sys.executable, "-c", script], cwd=tmp_path, env={"PYTHONPATH": ""})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["image_size"] == 32
-    exported, roundtrip = np.load(tmp_path / "exported.npy"), np.load(tmp_path / "roundtrip.npy")
+    metadata = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metadata["image_size"] == 32 and metadata["class_names"] == ["AD", "NC"] and metadata["has_prior"]
+
     import keras
     import modules  # noqa: F401  (registers the custom classes for loading)
 
-    model = keras.models.load_model(out / "model.keras")
-    np.testing.assert_allclose(exported, model.reconstruct(images).numpy(), atol=1e-5)
-    np.testing.assert_allclose(roundtrip, exported, atol=1e-6)
+    vqvae = keras.models.load_model(out / "model.keras")
+    prior = keras.models.load_model(out / "prior.keras")
+    exported = np.load(tmp_path / "exported.npy")
+    np.testing.assert_allclose(exported, vqvae.reconstruct(images).numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "roundtrip.npy"), exported, atol=1e-6)
     assert exported.min() >= 0 and exported.max() <= 1
+    codes = vqvae.encode(images)
+    logits = prior((codes, tf.constant([0, 1, 1]))).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), logits, atol=1e-4)
+    # log_prob is the sum over positions of the log-softmax at each image's own codes.
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = np.take_along_axis(log_softmax, codes.numpy()[..., None], -1).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(np.load(tmp_path / "log_prob.npy"), expected, rtol=1e-4)
+
+
+def test_predict_generates_16_images_and_a_grid(trained, tmp_path):
+    out, _, _, _ = trained
+    result = run([sys.executable, "predict.py", "--n", "16", "--model", str(out), "--out", str(tmp_path / "p"),
+                  "--label", "AD", "--temperature", "0.8"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = sorted((tmp_path / "p").glob("sample_AD_*.png"))
+    assert len(written) == 17 and (tmp_path / "p" / "sample_AD_grid.png") in written
+    assert str(tmp_path / "p" / "sample_AD_grid.png") in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--label", "MCI"], "--label MCI: expected one of AD, NC"),
+    (["--n", "0"], "--n 0"),
+    (["--model", "/no/such/model"], "--model /no/such/model"),
+])
+def test_predict_bad_input_gives_one_line(trained, tmp_path, args, message):
+    out, _, _, _ = trained
+    result = run([sys.executable, "predict.py", "--model", str(out), "--out", str(tmp_path / "p"), *args])
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "p").exists()
 
 
 @pytest.mark.parametrize("args, message", [
