@@ -451,8 +451,8 @@ class GatedPixelCNN(keras.Model):
     def sample(self, n, labels=None, temperature=1.0, seed=0, fast=True):
         """Draw `n` code grids by ancestral sampling in raster order; int32 [n, G, G].
 
-        `fast` computes the vertical stack once per row, then only the current row's horizontal stack per
-        position; otherwise every position recomputes the whole network. Both draw the same codes for the
+        `fast` computes the vertical stack once per row (on the rows so far), then only the current row's
+        horizontal stack per position; otherwise every position recomputes the whole network. Both draw the same codes for the
         same seed, since position p draws with the stateless seed (seed, p). Wrap in tf.function to compile.
         """
         g = self.grid_size
@@ -460,7 +460,9 @@ class GatedPixelCNN(keras.Model):
         codes = tf.zeros((n, g, g), tf.int32)
         for i in tf.range(g):
             if fast:
-                row_links = [link[:, i:i + 1] for link in self.vertical_links(self.embedding(codes), labels)]
+                # Convolutions are causal from the top, so rows > i change nothing in rows <= i: leave them out.
+                above = self.embedding(codes[:, :i + 1])
+                row_links = [link[:, i:i + 1] for link in self.vertical_links(above, labels)]
                 codes = self._sample_row(codes, i, labels, temperature, seed, row_links)
             else:
                 codes = self._sample_row(codes, i, labels, temperature, seed)
@@ -470,8 +472,9 @@ class GatedPixelCNN(keras.Model):
         """Sample row i position by position: from the row alone given `row_links`, else the whole grid."""
         g = self.grid_size
         for j in tf.range(g):
-            if row_links is not None:
-                logits = self.horizontal_logits(self.embedding(codes[:, i:i + 1]), row_links, labels)[:, 0, j]
+            if row_links is not None:  # the horizontal stack is causal from the left: columns <= j suffice
+                row = self.embedding(codes[:, i:i + 1, :j + 1])
+                logits = self.horizontal_logits(row, [link[:, :, :j + 1] for link in row_links], labels)[:, 0, j]
             else:
                 logits = self.call((codes, labels) if self.num_classes else codes)[:, i, j]
             position_seed = tf.stack([tf.cast(seed, tf.int32), i * g + j])

@@ -80,7 +80,7 @@ def reconstruct_figure(model, metadata, data, n, seed, out):
     figure.suptitle(f"{source.kind} test slices (top) and reconstructions (bottom); mean SSIM {scores.mean():.3f}",
                     fontsize=9)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "reconstructions.png"
+    path = out / f"reconstructions_{source.kind}.png"
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return path

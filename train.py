@@ -49,7 +49,7 @@ def parse_args(argv=None):
     model.add_argument("--ema-decay", type=float, default=0.99,
                        help="EMA decay of the codebook; 0 learns it by gradient instead (default: %(default)s)")
     prior = parser.add_argument_group("prior")
-    prior.add_argument("--prior-epochs", type=int, default=12, help="epochs of the prior (default: %(default)s)")
+    prior.add_argument("--prior-epochs", type=int, default=10, help="epochs of the prior (default: %(default)s)")
     prior.add_argument("--prior-channels", type=int, default=32, help="prior channels (default: %(default)s)")
     prior.add_argument("--prior-layers", type=int, default=10, help="gated blocks (default: %(default)s)")
     prior.add_argument("--prior-learning-rate", type=float, default=3e-3,

@@ -80,3 +80,21 @@ def test_get_config_round_trip():
     model = tiny_prior(num_classes=2)
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     assert clone.get_config() == model.get_config()
+
+
+def test_receptive_field_covers_the_whole_default_grid():
+    """train.py's default prior (10 blocks on a 32x32 grid): the last position sees every earlier one, and
+    the first position of a row sees the far right of the row above."""
+    keras.utils.set_random_seed(0)
+    model = GatedPixelCNN(num_codes=4, grid_size=32, channels=4, num_layers=10)
+    for weight in model.weights:
+        weight.assign(tf.random.normal(weight.shape, stddev=0.5))
+    embedded = tf.random.normal((4, 32, 32, 4), seed=2)
+    for row, col in ((31, 31), (1, 0)):
+        with tf.GradientTape() as tape:
+            tape.watch(embedded)
+            logits = model.horizontal_logits(embedded, model.vertical_links(embedded))
+            output = tf.reduce_sum(logits[:, row, col] * tf.range(1.0, 5.0))
+        seen = tf.reduce_any(tf.abs(tape.gradient(output, embedded)) > 0, axis=[0, 3]).numpy().reshape(-1)
+        position = row * 32 + col
+        assert seen[:position].all() and not seen[position:].any()
