@@ -1,13 +1,16 @@
 """Use an exported model: generate new brain slices, or reconstruct test slices.
 
     python predict.py --reconstruct /data/ADNI           # test inputs above their reconstructions, with SSIM
+    python predict.py --evaluate /data/ADNI              # metrics JSON, per-image CSV and figures of a split
+    python predict.py --curves logs                      # train/validation loss, SSIM and prior NLL per epoch
     python predict.py --n 16                             # 16 new slices from the prior, one PNG each and a grid
     python predict.py --n 16 --label AD                  # of one class, for a class-conditional (ADNI) model
 
-Only the SavedModel written by train.py is loaded; no training code runs.
+Only the SavedModel written by train.py is loaded (and, for --curves, its TensorBoard logs).
 """
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -25,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 
 import dataset  # noqa: E402
 from modules import ssim  # noqa: E402
-from utils import fail  # noqa: E402
+from utils import evaluate_reconstructions, fail, plot_training_curves, write_json  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -36,6 +39,11 @@ def parse_args(argv=None):
     parser.add_argument("--n", type=int, default=16, help="how many images to generate or show (default: %(default)s)")
     parser.add_argument("--reconstruct", metavar="DATA",
                         help="show test slices of DATA (or 'demo') above their reconstructions")
+    parser.add_argument("--evaluate", metavar="DATA", help="evaluate on a split of DATA (or 'demo'): metrics "
+                        "JSON, per-image CSV, best/median/worst figure and codebook-usage histogram")
+    parser.add_argument("--curves", metavar="LOGDIR", help="plot the training curves of train.py's --logdir")
+    parser.add_argument("--split", default="test", choices=dataset.SPLITS, help="split to evaluate (default: test)")
+    parser.add_argument("--metrics-out", help="metrics JSON of --evaluate (default: OUT/evaluation_SPLIT.json)")
     parser.add_argument("--label", help="class to generate, e.g. AD or NC (conditional models only)")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="sampling temperature; lower is more conservative (default: %(default)s)")
@@ -58,13 +66,18 @@ def load_export(path):
     return model, json.loads(model.metadata().numpy().decode())
 
 
-def reconstruct_figure(model, metadata, data, n, seed, out):
-    """Write a figure of `n` test slices above their reconstructions, each annotated with its SSIM."""
+def load_split(data, split, image_size, seed):
+    """(source, decoded dataset) of one split of DATA ('demo' for the embedded demo); exits on bad input."""
     try:
         source = dataset.load_source(None if data == "demo" else data, seed=seed)
-        decoded, _ = dataset.decoded_split(source.splits["test"], metadata["image_size"])
+        return source, dataset.decoded_split(source.splits[split], image_size)[0]
     except dataset.DataError as error:
         fail(str(error))
+
+
+def reconstruct_figure(model, metadata, data, n, seed, out):
+    """Write a figure of `n` test slices above their reconstructions, each annotated with its SSIM."""
+    source, decoded = load_split(data, "test", metadata["image_size"], seed)
     test = len(source.splits["test"])
     step = max(1, test // n)  # spread the picks over the whole split (and so over its patients)
     images = np.stack([image for image, _ in decoded.as_numpy_iterator()][::step][:n])
@@ -121,13 +134,87 @@ def generate(model, metadata, args, out):
     return grid_path, paths
 
 
+def evaluate_split(model, metadata, args, out):
+    """Evaluate one split: metrics JSON, per-image CSV, best/median/worst figure, codebook histogram."""
+    source, decoded = load_split(args.evaluate, args.split, metadata["image_size"], args.seed)
+    conditional = bool(metadata["class_names"])
+    log_prob = None
+    if metadata.get("has_prior"):
+        log_prob = (lambda images, labels: model.log_prob(images, labels)) if conditional else \
+            (lambda images, labels: model.log_prob(images))
+    summary, per_image, counts = evaluate_reconstructions(model, dataset.batched(decoded, 32),
+                                                         metadata["num_codes"], log_prob)
+    summary.update(data=source.root, source=source.kind, split=args.split, model=str(args.model))
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": Path(args.metrics_out or out / f"evaluation_{args.split}.json"),
+             "csv": out / f"evaluation_{args.split}.csv",
+             "examples": out / f"evaluation_{args.split}_examples.png",
+             "codebook": out / f"evaluation_{args.split}_codebook_usage.png"}
+    paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
+    write_json(paths["metrics"], summary)
+    split = source.splits[args.split]
+    with open(paths["csv"], "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "patient", "label", *per_image])
+        for row, (file, patient, label) in enumerate(zip(split.files, split.patients, split.labels)):
+            name = source.class_names[label] if label >= 0 and source.class_names else ""
+            writer.writerow([file, patient, name, *(f"{values[row]:.6g}" for values in per_image.values())])
+    examples_figure(model, decoded, per_image["ssim"], paths["examples"])
+    codebook_figure(counts, paths["codebook"])
+    return summary, paths
+
+
+def examples_figure(model, decoded, scores, path):
+    """Inputs above reconstructions for the best, median and worst SSIM of the split."""
+    order = np.argsort(scores)
+    picks = {"worst": order[0], "median": order[len(order) // 2], "best": order[-1]}
+    images = np.stack([image for image, _ in decoded.as_numpy_iterator()])[list(picks.values())]
+    reconstructions = model.reconstruct(tf.constant(images)).numpy()
+    figure, axes = plt.subplots(2, 3, figsize=(5.4, 3.8))
+    for column, (name, index) in enumerate(picks.items()):
+        axes[0, column].imshow(images[column, ..., 0], cmap="gray", vmin=0, vmax=1)
+        axes[0, column].set_title(f"{name}: SSIM {scores[index]:.3f}", fontsize=8)
+        axes[1, column].imshow(reconstructions[column, ..., 0], cmap="gray", vmin=0, vmax=1)
+    for axis in axes.flat:
+        axis.axis("off")
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def codebook_figure(counts, path):
+    """How often each code occurs in the split, codes sorted from most to least used."""
+    figure, axis = plt.subplots(figsize=(6, 2.6))
+    axis.bar(np.arange(len(counts)), np.sort(counts)[::-1] / counts.sum(), width=1.0)
+    axis.set_yscale("log")
+    axis.set_xlabel(f"code, by use ({int((counts > 0).sum())} of {len(counts)} used)")
+    axis.set_ylabel("share of positions")
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    model, metadata = load_export(args.model)
     out = Path(args.out)
+    if args.curves:
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            print(f"Training curves: {plot_training_curves(args.curves, out / 'training_curves.png')}")
+        except FileNotFoundError as error:
+            fail(f"--curves {error}")
+        return
+    model, metadata = load_export(args.model)
     if args.reconstruct:
         path = reconstruct_figure(model, metadata, args.reconstruct, min(args.n, 16), args.seed, out)
         print(f"Reconstructions: {path}")
+        return
+    if args.evaluate:
+        summary, paths = evaluate_split(model, metadata, args, out)
+        print(f"{summary['source']} {args.split} ({summary['n_images']} images): SSIM {summary['ssim_mean']:.4f} "
+              f"± {summary['ssim_std']:.4f}, PSNR {summary['psnr_mean']:.2f} dB, codes used "
+              f"{summary['codes_used']}/{summary['num_codes']}"
+              + (f", prior {summary['prior_bits_per_code']:.3f} bits per code" if "prior_bits_per_code" in summary else ""))
+        for name, path in paths.items():
+            print(f"{name:>9}: {path}")
         return
     grid_path, paths = generate(model, metadata, args, out)
     print(f"Grid:   {grid_path}")

@@ -24,7 +24,8 @@ import tensorflow as tf  # noqa: E402
 
 import dataset  # noqa: E402
 from modules import GatedPixelCNN, VQVAETrainer, bits_per_code  # noqa: E402
-from utils import atomic_directory, evaluate_reconstructions, export_savedmodel, fail, write_json  # noqa: E402
+from utils import (atomic_directory, evaluate_reconstructions, export_savedmodel, fail,  # noqa: E402
+                   plot_training_curves, write_json)
 
 
 def parse_args(argv=None):
@@ -209,7 +210,7 @@ def train_vqvae(args, decoded, steps_per_epoch):
     seconds, steps, epochs = fit(model, train, validate, args.epochs, logdir,
                                  Path(f"{args.out}_checkpoints") / "vqvae.weights.h5", args.max_minutes,
                                  [ReconstructionImages(preview, logdir)])
-    metrics, _ = evaluate_reconstructions(model, dataset.batched(decoded["test"], args.batch_size))
+    metrics, _, _ = evaluate_reconstructions(model, dataset.batched(decoded["test"], args.batch_size), args.num_codes)
     metrics.update(train_seconds=seconds, epochs_run=epochs, train_images_per_second=steps * args.batch_size / seconds)
     return model, metrics
 
@@ -295,6 +296,7 @@ def main(argv=None):
             prior.save(tmp / "prior.keras")
         write_json(tmp / "config.json", config)
         write_json(tmp / "metrics.json", metrics)
+        plot_training_curves(args.logdir, tmp / "training_curves.png")
     report(args, metrics)
 
 
@@ -315,6 +317,7 @@ def report(args, metrics):
     print(f"Keras:       {out / 'model.keras'}" + (f", {out / 'prior.keras'}" if (out / "prior.keras").exists() else ""))
     print(f"Config:      {out / 'config.json'}")
     print(f"Metrics:     {out / 'metrics.json'}")
+    print(f"Curves:      {out / 'training_curves.png'}")
     print(f"Checkpoints: {args.out}_checkpoints/")
     print(f"TensorBoard: tensorboard --logdir {args.logdir}")
 

@@ -48,39 +48,40 @@ def atomic_directory(path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def evaluate_reconstructions(model, dataset):
-    """Reconstruct every image of a batched dataset; per-image metrics and codebook usage over all of it.
+def evaluate_reconstructions(model, dataset, num_codes, log_prob=None):
+    """Reconstruct every image of a batched (images, labels) dataset through the codebook.
 
-    Returns (summary dict, per-image dict of numpy arrays ssim, psnr, mse).
+    `model` is a VQVAETrainer or the exported SavedModel (anything with encode and decode); `log_prob`, if
+    given, maps (images, labels) to each image's log-likelihood under the prior. Returns (summary dict,
+    per-image dict of numpy arrays, code counts). MS-SSIM (5 scales) needs images of at least 161 pixels.
     """
-    num_codes = model.quantizer.num_codes
-
-    @tf.function
-    def batch_metrics(images):
-        indices = model.encode(images)
-        reconstructions = model.decode(indices)
-        mse = tf.reduce_mean((images - reconstructions) ** 2, axis=[1, 2, 3])
-        counts = tf.math.bincount(tf.reshape(indices, [-1]), minlength=num_codes, maxlength=num_codes)
-        return ssim(images, reconstructions), psnr(images, reconstructions), mse, counts
-
-    per_image = {"ssim": [], "psnr": [], "mse": []}
+    per_image = {"ssim": [], "psnr": [], "mse": [], "ms_ssim": [], "bits_per_code": []}
     counts = np.zeros(num_codes, np.int64)
-    for batch in dataset:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        batch_ssim, batch_psnr, batch_mse, batch_counts = batch_metrics(images)
-        for name, values in zip(per_image, (batch_ssim, batch_psnr, batch_mse)):
-            per_image[name].append(values.numpy())
-        counts += batch_counts.numpy()
-    per_image = {name: np.concatenate(values) for name, values in per_image.items()}
+    for images, labels in dataset:
+        codes = model.encode(images)
+        reconstructions = model.decode(codes)
+        per_image["ssim"].append(ssim(images, reconstructions).numpy())
+        per_image["psnr"].append(psnr(images, reconstructions).numpy())
+        per_image["mse"].append(tf.reduce_mean((images - reconstructions) ** 2, axis=[1, 2, 3]).numpy())
+        if images.shape[1] >= 161:
+            per_image["ms_ssim"].append(tf.image.ssim_multiscale(images, reconstructions, max_val=1.0).numpy())
+        if log_prob is not None:
+            positions = codes.shape[1] * codes.shape[2]
+            per_image["bits_per_code"].append(-log_prob(images, labels).numpy() / (positions * np.log(2.0)))
+        counts += np.bincount(codes.numpy().reshape(-1), minlength=num_codes)
+    per_image = {name: np.concatenate(values) for name, values in per_image.items() if values}
     probs = counts[counts > 0] / counts.sum()
     summary = {
         "n_images": int(per_image["ssim"].size),
         "ssim_mean": float(per_image["ssim"].mean()), "ssim_std": float(per_image["ssim"].std()),
         "psnr_mean": float(per_image["psnr"].mean()), "mse_mean": float(per_image["mse"].mean()),
+        "ms_ssim_mean": float(per_image["ms_ssim"].mean()) if "ms_ssim" in per_image else None,
         "codes_used": int((counts > 0).sum()), "num_codes": int(num_codes),
         "perplexity": float(np.exp(-(probs * np.log(probs)).sum())),
     }
-    return summary, per_image
+    if "bits_per_code" in per_image:
+        summary["prior_bits_per_code"] = float(per_image["bits_per_code"].mean())
+    return summary, per_image, counts
 
 
 def export_savedmodel(model, path, image_size, metadata, prior=None, class_counts=None):
@@ -147,3 +148,47 @@ def _add_prior_endpoints(archive, model, prior, images_spec, codes_spec, class_c
         archive.add_endpoint("sample", sample, input_signature=[scalar["n"], scalar["temperature"], scalar["seed"]])
         archive.add_endpoint("prior_logits", prior, input_signature=[codes_spec])
         archive.add_endpoint("log_prob", log_prob, input_signature=[images_spec])
+
+
+def read_scalars(logdir):
+    """Every scalar Keras' TensorBoard callback wrote under `logdir`: {"vqvae/train": {"epoch_loss": [(step,
+    value), ...]}, ...}, keyed by the folder relative to `logdir`."""
+    runs = {}
+    for path in sorted(tf.io.gfile.glob(f"{logdir}/*/*/events.out.tfevents.*")):
+        run = os.path.relpath(os.path.dirname(path), logdir)
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars" or value.HasField("simple_value"):
+                    number = value.simple_value if value.HasField("simple_value") else tf.make_ndarray(value.tensor)
+                    runs.setdefault(run, {}).setdefault(value.tag, []).append((event.step, float(number)))
+    return runs
+
+
+def plot_training_curves(logdir, path):
+    """Plot train and validation loss and SSIM of the VQ-VAE, and the prior's bits per code, per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = read_scalars(logdir)
+    panels = [("vqvae", "epoch_loss", "VQ-VAE loss", True), ("vqvae", "epoch_ssim", "VQ-VAE SSIM", False),
+              ("prior", "epoch_bits_per_code", "prior NLL (bits per code)", False)]
+    panels = [p for p in panels if f"{p[0]}/train" in runs]
+    if not panels:
+        raise FileNotFoundError(f"{logdir}: no TensorBoard logs of train.py (vqvae/train, prior/train) there")
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
+    for axis, (stage, tag, title, log_scale) in zip(axes[0], panels):
+        for split in ("train", "validation"):
+            points = sorted(runs.get(f"{stage}/{split}", {}).get(tag, []))
+            if points:
+                axis.plot([step + 1 for step, _ in points], [value for _, value in points], marker=".", label=split)
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("epoch")
+        if log_scale:
+            axis.set_yscale("log")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

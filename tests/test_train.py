@@ -2,9 +2,13 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import pytest
@@ -148,3 +152,62 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, args, message):
     assert "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
     assert not out.exists() and not (tmp_path / "logs").exists()
+
+
+def test_predict_evaluate_writes_metrics_csv_and_figures(trained, tmp_path):
+    out, _, data, _ = trained
+    metrics_path = tmp_path / "m" / "metrics.json"
+    result = run([sys.executable, "predict.py", "--model", str(out), "--evaluate", str(data), "--out",
+                  str(tmp_path / "e"), "--metrics-out", str(metrics_path)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(metrics_path.read_text())
+    for key in ("n_images", "ssim_mean", "ssim_std", "psnr_mean", "mse_mean", "codes_used", "perplexity",
+                "prior_bits_per_code"):
+        assert key in metrics
+    assert metrics["n_images"] == 16 and metrics["ms_ssim_mean"] is None  # 32x32 is too small for MS-SSIM
+    # The same model and split as train.py's own test evaluation.
+    trained_metrics = json.loads((out / "metrics.json").read_text())
+    assert abs(metrics["ssim_mean"] - trained_metrics["ssim_mean"]) < 1e-4
+    rows = (tmp_path / "e" / "evaluation_test.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 16 and rows[0].startswith("file,patient,label,ssim,psnr,mse")
+    for figure in ("evaluation_test_examples.png", "evaluation_test_codebook_usage.png"):
+        assert (tmp_path / "e" / figure).stat().st_size > 1000
+
+
+def test_training_curves_are_plotted_by_train_and_by_predict(trained, tmp_path):
+    out, logdir, _, _ = trained
+    assert (out / "training_curves.png").stat().st_size > 1000
+    result = run([sys.executable, "predict.py", "--curves", str(logdir), "--out", str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "training_curves.png").stat().st_size > 1000
+
+
+def test_tensorboard_serves_the_loss_and_ssim_scalars(trained):
+    _, logdir, _, _ = trained
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
+                               "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}/data/plugin/scalars"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                tags = json.loads(opener.open(f"{base}/tags", timeout=5).read())
+                if "vqvae/validation" in tags:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "TensorBoard did not serve the run in time"
+            time.sleep(1)
+        for run_name, tag in (("vqvae/train", "epoch_loss"), ("vqvae/validation", "epoch_ssim"),
+                              ("prior/validation", "epoch_bits_per_code")):
+            query = urllib.parse.urlencode({"run": run_name, "tag": tag})
+            points = json.loads(opener.open(f"{base}/scalars?{query}", timeout=10).read())
+            assert [step for _, step, _ in points] == [0, 1]  # two epochs, as trained
+            assert all(np.isfinite(value) for _, _, value in points)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
