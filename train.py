@@ -1,11 +1,12 @@
-"""Train the VQ-VAE on brain MRI slices and export it as a SavedModel.
+"""Train the VQ-VAE and its gated PixelCNN prior on brain MRI slices; export both as one SavedModel.
 
     python train.py                                  # the embedded demo (MNI152 template cohort), 128x128
     python train.py --data /data/ADNI --image-size 128 --max-minutes 15
     python train.py --data /data/OASIS --image-size 256 --batch-size 64
 
-Outputs: the SavedModel at --out (with model.keras, config.json and metrics.json inside it), the best
-checkpoint beside it, and TensorBoard logs under --logdir (`tensorboard --logdir logs`).
+Outputs: the SavedModel at --out (with model.keras, prior.keras, config.json, metrics.json and
+training_curves.png inside it), the best checkpoints in --out_checkpoints/, and TensorBoard logs under
+--logdir/vqvae and --logdir/prior (`tensorboard --logdir logs`).
 """
 
 import argparse
