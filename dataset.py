@@ -29,7 +29,10 @@ PATIENT_PATTERN = re.compile(r"^(?P<patient>.+?)(?:_slice)?_(?P<slice>\d+)(?:\.n
 
 
 class DataError(Exception):
-    """Input data that cannot be used; the message names the path and what was expected."""
+    """Input data that cannot be used; the message starts with the path and says what was expected.
+
+    The command-line tools put the flag that named the data in front of it.
+    """
 
 
 @dataclasses.dataclass
@@ -77,16 +80,16 @@ def detect_layout(root):
     """'oasis', 'adni' or 'folder' by what is in `root`; raises DataError if there is nothing usable."""
     root = Path(root)
     if not root.exists():
-        raise DataError(f"--data {root}: no such file or directory")
+        raise DataError(f"{root}: no such file or directory")
     if not root.is_dir():
-        raise DataError(f"--data {root}: expected a folder of images, got a file")
+        raise DataError(f"{root}: expected a folder of images, got a file")
     if (root / OASIS_FOLDERS["train"]).is_dir():
         return "oasis"
     if _adni_root(root) is not None:
         return "adni"
     if _image_files(root):
         return "folder"
-    raise DataError(f"--data {root}: found no images (.png, .jpg, .jpeg, .bmp, .gif) and no OASIS "
+    raise DataError(f"{root}: found no images (.png, .jpg, .jpeg, .bmp, .gif) and no OASIS "
                     f"(keras_png_slices_train/) or ADNI (AD_NC/train/AD, AD_NC/train/NC) layout")
 
 
@@ -104,7 +107,7 @@ def load_oasis(root):
     splits = {}
     for split, folder in OASIS_FOLDERS.items():
         if not (root / folder).is_dir():
-            raise DataError(f"--data {root}: OASIS layout without its {folder}/ folder")
+            raise DataError(f"{root}: OASIS layout without its {folder}/ folder")
         splits[split] = _split_of(_image_files(root / folder))
     return DataSource("oasis", str(root), [], splits)
 
@@ -113,7 +116,7 @@ def load_adni(root, validation_fraction=0.1, seed=0):
     """ADNI AD/NC with labels; validation carved from train by patient, stratified by class."""
     base = _adni_root(Path(root))
     if base is None:
-        raise DataError(f"--data {root}: expected ADNI folders train/AD, train/NC, test/AD, test/NC")
+        raise DataError(f"{root}: expected ADNI folders train/AD, train/NC, test/AD, test/NC")
 
     def labelled(split):
         files, labels = [], []
@@ -149,7 +152,7 @@ def load_folder(root, fractions=(0.8, 0.1, 0.1), seed=0):
     root = Path(root)
     files = _image_files(root)
     if not files:
-        raise DataError(f"--data {root}: found no images (.png, .jpg, .jpeg, .bmp, .gif)")
+        raise DataError(f"{root}: found no images (.png, .jpg, .jpeg, .bmp, .gif)")
     parents = sorted({str(Path(f).parent.relative_to(root)) for f in files})
     class_names = parents if len(parents) > 1 else []
     labels = [class_names.index(str(Path(f).parent.relative_to(root))) if class_names else -1 for f in files]
@@ -173,10 +176,10 @@ def load_source(data=None, dataset="auto", seed=0, validation_fraction=0.1, cach
         source.kind = "demo"
         return source
     if data is None:
-        raise DataError(f"--dataset {dataset} needs --data PATH")
+        raise DataError(f"the {dataset} layout needs a data folder")
     layout = detect_layout(data) if dataset == "auto" else dataset
     if layout not in ("oasis", "adni", "folder"):
-        raise DataError(f"--dataset {dataset}: expected one of auto, oasis, adni, folder, demo")
+        raise DataError(f"dataset {dataset!r}: expected one of auto, oasis, adni, folder, demo")
     if layout == "oasis":
         source = load_oasis(data)
     elif layout == "adni":
@@ -191,13 +194,13 @@ def _check_splits(source):
     """Every split has images and no patient is in two splits."""
     for name, split in source.splits.items():
         if len(split) == 0:
-            raise DataError(f"--data {source.root}: the {name} split has no images "
+            raise DataError(f"{source.root}: the {name} split has no images "
                             f"(is there more than one patient, with slices named <patient>_<slice>?)")
     seen = {}
     for name, split in source.splits.items():
         for patient in set(split.patients):
             if patient in seen:
-                raise DataError(f"--data {source.root}: patient {patient} is in both the {seen[patient]} "
+                raise DataError(f"{source.root}: patient {patient} is in both the {seen[patient]} "
                                 f"and the {name} split")
             seen[patient] = name
 

@@ -66,18 +66,18 @@ def load_export(path):
     return model, json.loads(model.metadata().numpy().decode())
 
 
-def load_split(data, split, image_size, seed):
+def load_split(flag, data, split, image_size, seed):
     """(source, decoded dataset) of one split of DATA ('demo' for the embedded demo); exits on bad input."""
     try:
         source = dataset.load_source(None if data == "demo" else data, seed=seed)
         return source, dataset.decoded_split(source.splits[split], image_size)[0]
     except dataset.DataError as error:
-        fail(str(error))
+        fail(f"{flag} {error}")
 
 
 def reconstruct_figure(model, metadata, data, n, seed, out):
     """Write a figure of `n` test slices above their reconstructions, each annotated with its SSIM."""
-    source, decoded = load_split(data, "test", metadata["image_size"], seed)
+    source, decoded = load_split("--reconstruct", data, "test", metadata["image_size"], seed)
     test = len(source.splits["test"])
     step = max(1, test // n)  # spread the picks over the whole split (and so over its patients)
     images = np.stack([image for image, _ in decoded.as_numpy_iterator()][::step][:n])
@@ -136,7 +136,7 @@ def generate(model, metadata, args, out):
 
 def evaluate_split(model, metadata, args, out):
     """Evaluate one split: metrics JSON, per-image CSV, best/median/worst figure, codebook histogram."""
-    source, decoded = load_split(args.evaluate, args.split, metadata["image_size"], args.seed)
+    source, decoded = load_split("--evaluate", args.evaluate, args.split, metadata["image_size"], args.seed)
     conditional = bool(metadata["class_names"])
     log_prob = None
     if metadata.get("has_prior"):

@@ -87,6 +87,8 @@ def _check_args(parser, args):
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive integer")
     if args.num_codes < 2:
         parser.error(f"--num-codes {args.num_codes}: expected at least 2")
+    if args.dataset not in ("auto", "demo") and args.data is None:
+        parser.error(f"--dataset {args.dataset} needs --data PATH")
     if args.max_minutes is not None and args.max_minutes <= 0:
         parser.error(f"--max-minutes {args.max_minutes}: expected a positive number")
     if not 0 <= args.ema_decay < 1:
@@ -269,13 +271,13 @@ def load_trained_vqvae(out):
 def main(argv=None):
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
+    if args.stage == "prior":  # before decoding any data, so that a missing model fails at once
+        vqvae, metrics = load_trained_vqvae(args.out)
     try:
         source, decoded = load_data(args)
     except dataset.DataError as error:
-        fail(str(error))
-    if args.stage == "prior":
-        vqvae, metrics = load_trained_vqvae(args.out)
-    else:
+        fail(f"--data {error}")
+    if args.stage != "prior":
         steps_per_epoch = max(1, len(source.splits["train"]) // args.batch_size)
         vqvae, metrics = train_vqvae(args, decoded, steps_per_epoch)
     prior = None

@@ -131,6 +131,7 @@ def test_predict_generates_16_images_and_a_grid(trained, tmp_path):
     (["--label", "MCI"], "--label MCI: expected one of AD, NC"),
     (["--n", "0"], "--n 0"),
     (["--model", "/no/such/model"], "--model /no/such/model"),
+    (["--evaluate", "/no/such/data"], "--evaluate /no/such/data: no such file"),
 ])
 def test_predict_bad_input_gives_one_line(trained, tmp_path, args, message):
     out, _, _, _ = trained
@@ -144,6 +145,7 @@ def test_predict_bad_input_gives_one_line(trained, tmp_path, args, message):
     (["--data", "/no/such/folder"], "/no/such/folder"),
     (["--image-size", "30"], "--image-size"),
     (["--dataset", "oasis"], "--dataset oasis needs --data"),
+    (["--stage", "prior"], "--stage prior: no trained VQ-VAE"),
 ])
 def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "out"
