@@ -13,6 +13,7 @@ Every image becomes grayscale float32 in [0, 1], padded with background to a squ
 """
 
 import dataclasses
+import functools
 import os
 import re
 from pathlib import Path
@@ -246,6 +247,23 @@ def decoded_split(split, image_size, skip_bad=False):
         raise DataError(f"{split.files[0]}: none of the {len(bad)} images could be read")
     images = decoded.map(lambda path, image, label: (tf.image.convert_image_dtype(image, tf.float32), label))
     return images.apply(tf.data.experimental.assert_cardinality(len(survivors))), len(bad)
+
+
+def epochs_of_batches(dataset, batch_size, seed, first_epoch, last_epoch):
+    """Full shuffled batches for epochs first_epoch .. last_epoch - 1 as one stream (fit with steps_per_epoch).
+
+    Each epoch's order depends only on (seed, epoch), so a run resumed at any epoch sees exactly the batches
+    that an uninterrupted run would have seen from there on.
+    """
+    epochs = [dataset.shuffle(10_000, seed=seed * 1_000_003 + epoch).batch(batch_size, drop_remainder=True)
+              for epoch in range(first_epoch, last_epoch)]
+    if not epochs:
+        return dataset.take(0).batch(batch_size)
+    stream = functools.reduce(tf.data.Dataset.concatenate, epochs)
+    options = tf.data.Options()
+    # Multi-worker training splits this in-memory stream by batches, not by files.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return stream.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def batched(dataset, batch_size, shuffle=False, seed=0, drop_remainder=False):

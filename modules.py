@@ -48,24 +48,27 @@ class VectorQuantizer(layers.Layer):
         self.ema_decay = ema_decay
         self.epsilon = epsilon
         self.dead_code_steps = dead_code_steps
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        # Restarts draw with stateless seeds (seed, step), so a resumed run draws what an uninterrupted one would.
+        self.seed = seed if seed is not None else int(tf.random.uniform((), 0, 2**31 - 1, tf.int64))
 
     def build(self, input_shape):
+        # Every replica assigns the same (all-reduced) values to the state below; replica 0's write is kept.
         if input_shape[-1] != self.code_dim:
             raise ValueError(f"VectorQuantizer expects vectors of size {self.code_dim}, got {input_shape[-1]}")
         use_ema = self.ema_decay is not None
         shape = (self.num_codes, self.code_dim)
         self.codebook = self.add_weight(shape=shape, initializer="random_uniform", trainable=not use_ema,
-                                        dtype="float32", name="codebook")
+                                        dtype="float32", name="codebook", aggregation="only_first_replica")
         self.ema_cluster_size = self.add_weight(shape=(self.num_codes,), initializer="zeros", trainable=False,
-                                                dtype="float32", name="ema_cluster_size")
+                                                dtype="float32", name="ema_cluster_size", aggregation="only_first_replica")
         self.ema_code_sum = self.add_weight(shape=shape, initializer="zeros", trainable=False,
-                                            dtype="float32", name="ema_code_sum")
+                                            dtype="float32", name="ema_code_sum", aggregation="only_first_replica")
         self.steps_unused = self.add_weight(shape=(self.num_codes,), initializer="zeros", trainable=False,
-                                            dtype="float32", name="steps_unused")
+                                            dtype="float32", name="steps_unused", aggregation="only_first_replica")
         self.initialized = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="float32",
-                                           name="initialized")
+                                           name="initialized", aggregation="only_first_replica")
+        self.training_steps = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="int32",
+                                              name="training_steps", aggregation="only_first_replica")
 
     def nearest_codes(self, flat_inputs):
         """Index of the nearest code for each row of `flat_inputs` [N, D], by squared L2 in one matmul."""
@@ -79,29 +82,38 @@ class VectorQuantizer(layers.Layer):
         return ops.take(self.codebook, indices, axis=0)
 
     def call(self, inputs, training=None, return_indices=False):
+        quantized, indices, loss = self.quantize_vectors(inputs, training=training)
+        self.add_loss(loss)
+        return (quantized, indices) if return_indices else quantized
+
+    def quantize_vectors(self, inputs, training=False):
+        """(quantized vectors with straight-through gradients, code indices [...], VQ loss) of `inputs`.
+
+        Updates the EMA codebook when training. `call` adds the loss to the layer's losses; a trainer under
+        tf.distribute uses the returned loss instead, since replicas share the layer's loss list.
+        """
         inputs = ops.cast(inputs, "float32")
         flat = ops.reshape(inputs, (-1, self.code_dim))
         use_ema = training and self.ema_decay is not None
         if use_ema:
-            tf.cond(self.initialized > 0, lambda: None,
-                    lambda: self._restart_codes(flat, ops.ones((self.num_codes,), "bool")))
+            candidates = self._restart_candidates(flat)
+            uninitialized = ops.broadcast_to(self.initialized <= 0, (self.num_codes,))
+            self._restart_codes(candidates, uninitialized)
         indices = self.nearest_codes(flat)
         if use_ema:
-            self._ema_update(flat, indices)
+            self._ema_update(flat, indices, candidates)
+            self.training_steps.assign_add(1)
         quantized = ops.reshape(self.lookup(indices), ops.shape(inputs))
         commitment_loss = ops.mean((inputs - ops.stop_gradient(quantized)) ** 2)
         loss = self.beta * commitment_loss
         if self.ema_decay is None:
             loss = loss + ops.mean((ops.stop_gradient(inputs) - quantized) ** 2)
-        self.add_loss(loss)
         quantized = inputs + ops.stop_gradient(quantized - inputs)  # straight-through estimator
-        if return_indices:
-            return quantized, ops.reshape(indices, ops.shape(inputs)[:-1])
-        return quantized
+        return quantized, ops.reshape(indices, ops.shape(inputs)[:-1]), loss
 
-    def _ema_update(self, flat, indices):
+    def _ema_update(self, flat, indices, candidates):
         """One EMA step of the codebook towards the mean of the vectors assigned to each code, then a
-        restart of the codes that have been unused for `dead_code_steps` steps."""
+        restart (onto `candidates`) of the codes that have been unused for `dead_code_steps` steps."""
         counts = self._counts(indices)
         sums = ops.segment_sum(flat, indices, num_segments=self.num_codes)
         counts, sums = _sum_over_replicas(counts, sums)
@@ -112,13 +124,19 @@ class VectorQuantizer(layers.Layer):
         smoothed = (self.ema_cluster_size + self.epsilon) / (total + self.num_codes * self.epsilon) * total
         self.codebook.assign(self.ema_code_sum / smoothed[:, None])
         self.steps_unused.assign(ops.where(counts > 0, 0.0, self.steps_unused + 1.0))
-        dead = self.steps_unused >= self.dead_code_steps
-        tf.cond(ops.any(dead), lambda: self._restart_codes(flat, dead), lambda: None)
+        self._restart_codes(candidates, self.steps_unused >= self.dead_code_steps)
 
-    def _restart_codes(self, flat, mask):
-        """Move the codes where `mask` is true onto random rows of `flat` and reset their statistics."""
-        picks = keras.random.randint((self.num_codes,), 0, ops.shape(flat)[0], seed=self.seed_generator)
-        candidates = _from_first_replica(ops.take(flat, picks, axis=0))
+    def _restart_candidates(self, flat):
+        """K random rows of `flat` (replica 0's under tf.distribute), drawn with the seed (seed, step).
+
+        Drawn every step, outside any conditional: an all-reduce may not sit inside a tf.cond.
+        """
+        seed = tf.stack([tf.constant(self.seed, tf.int32), self.training_steps.value])
+        picks = tf.random.stateless_uniform((self.num_codes,), seed, 0, tf.shape(flat)[0], dtype=tf.int32)
+        return _from_first_replica(ops.take(flat, picks, axis=0))
+
+    def _restart_codes(self, candidates, mask):
+        """Move the codes where `mask` is true onto `candidates` and reset their statistics."""
         mask = mask[:, None]
         self.codebook.assign(ops.where(mask, candidates, self.codebook))
         self.ema_code_sum.assign(ops.where(mask, candidates, self.ema_code_sum))
@@ -202,7 +220,8 @@ def build_decoder(code_dim=32, channels=64, downsamplings=2, res_blocks=2, name=
     for level in range(downsamplings - 1, 0, -1):
         x = layers.Conv2DTranspose(_channels_at(level, channels, downsamplings), 4, strides=2, padding="same",
                                    activation="relu", name=f"up{level + 1}")(x)
-    images = layers.Conv2DTranspose(1, 4, strides=2, padding="same", name="up1")(x)
+    # float32 output under mixed precision too: the loss, the metrics and the exported images need it.
+    images = layers.Conv2DTranspose(1, 4, strides=2, padding="same", name="up1", dtype="float32")(x)
     return keras.Model(vectors, images, name=name)
 
 
@@ -230,6 +249,7 @@ class VQVAETrainer(keras.Model):
         names = ["loss", "reconstruction_loss", "vq_loss", "ssim", "psnr", "perplexity", "codes_used"]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.train_ssim_images = 8
+        self.built = True  # all state exists: the encoder and decoder are functional, the quantizer is built
 
     @property
     def downsampling_factor(self):
@@ -259,10 +279,9 @@ class VQVAETrainer(keras.Model):
 
     def _forward(self, images, training):
         vectors = self.encoder(images, training=training)
-        quantized, indices = self.quantizer(vectors, training=training, return_indices=True)
+        quantized, indices, vq_loss = self.quantizer.quantize_vectors(vectors, training=training)
         outputs = self.decoder(quantized, training=training)
         reconstruction_loss = ops.mean((ops.cast(outputs, "float32") - images) ** 2)
-        vq_loss = ops.sum(self.quantizer.losses)
         return outputs, indices, reconstruction_loss, vq_loss
 
     def _update_metrics(self, images, outputs, indices, reconstruction_loss, vq_loss, training):
@@ -284,8 +303,12 @@ class VQVAETrainer(keras.Model):
         with tf.GradientTape() as tape:
             outputs, indices, reconstruction_loss, vq_loss = self._forward(images, training=True)
             loss = reconstruction_loss + vq_loss
-        gradients = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+            # Replicas' gradients are summed, so each takes its share of the global mean; the loss scale
+            # keeps float16 gradients from underflowing under mixed precision (identity otherwise).
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled_loss = self.optimizer.scale_loss(loss / replicas)
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
         return self._update_metrics(images, outputs, indices, reconstruction_loss, vq_loss, training=True)
 
     def test_step(self, data):
@@ -415,6 +438,7 @@ class GatedPixelCNN(keras.Model):
             block.build((None, None, None, channels))
         self.head_hidden.build((None, None, None, channels))
         self.head_logits.build((None, None, None, channels))
+        self.built = True
 
     def _split(self, inputs):
         if isinstance(inputs, (tuple, list)):

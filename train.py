@@ -5,14 +5,23 @@
     python train.py --data /data/OASIS --image-size 256 --batch-size 64
 
 Outputs: the SavedModel at --out (with model.keras, prior.keras, config.json, metrics.json and
-training_curves.png inside it), the best checkpoints in --out_checkpoints/, and TensorBoard logs under
---logdir/vqvae and --logdir/prior (`tensorboard --logdir logs`).
+training_curves.png inside it), per-epoch checkpoints in --out_checkpoints/{vqvae,prior}/ (the latest
+and the best by validation loss), and TensorBoard logs under --logdir/vqvae and --logdir/prior
+(`tensorboard --logdir logs`).
+
+Interrupted runs (a kill, Ctrl-C, a job time limit, --max-minutes) continue from their last completed
+epoch with the same command plus --resume. Ctrl-C once finishes and saves the epoch in progress, then
+stops; Ctrl-C again or SIGTERM stops at once.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
+import shlex
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -66,6 +75,21 @@ def parse_args(argv=None):
     run.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate (default: %(default)s)")
     run.add_argument("--max-minutes", type=float, help="stop each stage's training cleanly after this many minutes")
     run.add_argument("--seed", type=int, default=0, help="seed for data splits, shuffling and weights")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run with this --out from its last completed epoch")
+    run.add_argument("--deterministic", action="store_true",
+                     help="deterministic TensorFlow ops: the same seed and data give the same metrics (slower)")
+    hardware = parser.add_argument_group("hardware")
+    hardware.add_argument("--strategy", default="auto", choices=["auto", "none", "mirrored", "multiworker"],
+                          help="auto: MirroredStrategy over all GPUs when there are several; multiworker: "
+                          "MultiWorkerMirroredStrategy configured by TF_CONFIG. --batch-size is the global "
+                          "batch, split over the replicas (default: %(default)s)")
+    hardware.add_argument("--mixed-precision", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                          help="mixed_float16 compute (the quantizer stays float32); auto: on for GPUs of "
+                          "compute capability 7.0 or newer, off on CPU (default: %(default)s)")
+    hardware.add_argument("--jit", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                          help="compile the training steps with XLA; auto: on with a GPU, off on CPU, where it "
+                          "measured slower (default: %(default)s)")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--out", default="saved_models/vqvae", help="SavedModel folder (default: %(default)s)")
     outputs.add_argument("--logdir", default="logs", help="TensorBoard folder; vqvae/ and prior/ go inside "
@@ -95,25 +119,131 @@ def _check_args(parser, args):
         parser.error(f"--ema-decay {args.ema_decay}: expected 0 (off) or a value in (0, 1)")
 
 
-class TrainingClock(keras.callbacks.Callback):
-    """Time the training steps (not validation) and stop cleanly once `minutes` of training have passed."""
+def configure_hardware(args):
+    """Set determinism and the dtype policy; return (distribution strategy, whether to jit-compile).
 
-    def __init__(self, minutes=None):
+    Runs before any other TensorFlow work: the multi-worker strategy must be created first.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    if args.strategy == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            fail("--strategy multiworker: set TF_CONFIG on every worker (see README, 'Several GPUs and nodes')")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif args.strategy == "mirrored" or (args.strategy == "auto" and len(gpus) > 1):
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    if args.batch_size % strategy.num_replicas_in_sync:
+        fail(f"--batch-size {args.batch_size}: expected a multiple of the {strategy.num_replicas_in_sync} replicas")
+    if args.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    modern_gpus = [gpu for gpu in gpus
+                   if tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)) >= (7, 0)]
+    if args.mixed_precision == "on" or (args.mixed_precision == "auto" and gpus and len(modern_gpus) == len(gpus)):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    jit = args.jit == "on" or (args.jit == "auto" and bool(gpus))
+    return strategy, jit
+
+
+def is_chief(strategy):
+    """Whether this process writes the outputs (always, except on the non-chief workers of a multi-worker run)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
+                                             and "chief" not in resolver.cluster_spec().as_dict())
+
+
+class TrainingClock(keras.callbacks.Callback):
+    """Time the training steps (not validation) and stop cleanly once `minutes` of training have passed.
+
+    `seconds` and `steps` include those of earlier sessions of a resumed run; the limit counts this one only.
+    """
+
+    def __init__(self, minutes=None, seconds=0.0, steps=0):
         super().__init__()
         self.limit = minutes * 60 if minutes else float("inf")
-        self.seconds = 0.0
-        self.batches = 0
+        self.seconds = seconds
+        self.steps = steps
+        self.session_seconds = 0.0
         self.stopped = False
 
     def on_train_batch_begin(self, batch, logs=None):
         self.batch_start = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.seconds += time.monotonic() - self.batch_start
-        self.batches += 1
-        if self.seconds > self.limit:
+        elapsed = time.monotonic() - self.batch_start
+        self.seconds += elapsed
+        self.session_seconds += elapsed
+        self.steps += 1
+        if self.session_seconds > self.limit:
             self.model.stop_training = True
             self.stopped = True
+
+
+class EpochCheckpoints(keras.callbacks.Callback):
+    """After every epoch, save the training state so that --resume loses at most the epoch in progress.
+
+    The folder holds `epoch-NNNN.weights.h5` files (weights, codebook and optimizer state after epoch N) for
+    the latest and the best epoch by validation loss, and `state.json`, which names them: each file is
+    written under a temporary name and renamed, and state.json is replaced only once the files it names are
+    complete, so a kill at any moment leaves the previous or the new state, never a mix.
+    """
+
+    def __init__(self, folder, state, clock, write=True):
+        super().__init__()
+        self.folder = Path(folder)
+        self.state = state
+        self.clock = clock
+        self.write = write
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not math.isfinite(logs.get("loss", math.nan)):
+            return  # never checkpoint a diverged model; TerminateOnNaN stops the run
+        latest = f"epoch-{epoch + 1:04d}.weights.h5"
+        state = self.state
+        state.update(epochs_done=epoch + 1, latest=latest, train_seconds=self.clock.seconds,
+                     train_steps=self.clock.steps, optimizer_iterations=int(self.model.optimizer.iterations.numpy()))
+        val_loss = logs.get("val_loss", math.nan)
+        if state.get("best_val_loss") is None or val_loss < state["best_val_loss"]:
+            state.update(best=latest, best_val_loss=val_loss, best_epoch=epoch + 1)
+        if not self.write:
+            return
+        tmp = self.folder / f"tmp-{os.getpid()}.weights.h5"
+        self.model.save_weights(tmp)
+        os.replace(tmp, self.folder / latest)
+        write_json(self.folder / "state.json", state)
+        for old in self.folder.glob("epoch-*.weights.h5"):
+            if old.name not in (state["latest"], state["best"]):
+                old.unlink()
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ctrl-C once: finish and save the epoch in progress, then stop. Ctrl-C again or SIGTERM: stop at once
+    (a KeyboardInterrupt), keeping the last completed epoch's checkpoint."""
+
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+
+    def on_train_begin(self, logs=None):
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_train_end(self, logs=None):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame):
+        if signum == signal.SIGINT and not self.requested:
+            self.requested = True
+            print("\nCtrl-C: stopping once this epoch is saved (Ctrl-C again stops now, losing the epoch)",
+                  file=sys.stderr, flush=True)
+            return
+        raise KeyboardInterrupt
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.requested:
+            self.model.stop_training = True
 
 
 class ReconstructionImages(keras.callbacks.Callback):
@@ -168,27 +298,75 @@ def load_data(args):
     return source, decoded
 
 
-def fit(model, train, validate, epochs, logdir, checkpoint, max_minutes, extra_callbacks=()):
-    """model.fit with TensorBoard, best checkpoint by validation loss, NaN and time-limit stops.
+# The flags a run's checkpoints depend on: --resume refuses to continue a run that had other values.
+VQVAE_SETTINGS = ("data", "dataset", "image_size", "validation_fraction", "num_codes", "code_dim", "channels",
+                  "downsamplings", "res_blocks", "beta", "ema_decay", "batch_size", "learning_rate", "seed")
+PRIOR_SETTINGS = ("data", "dataset", "image_size", "validation_fraction", "batch_size", "seed", "prior_channels",
+                  "prior_layers", "prior_learning_rate", "unconditional")
 
-    Restores the best weights; returns (seconds spent in training steps, steps run, epochs run).
+
+def checkpoint_state(folder, settings, resume, writer, required):
+    """The saved training state of one stage to continue from, or a fresh one.
+
+    With `resume`, the state must have been saved with the same `settings` (and must exist if `required`);
+    without it, an earlier run's checkpoints in `folder` are replaced.
     """
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    clock = TrainingClock(max_minutes)
-    callbacks = [keras.callbacks.TensorBoard(str(logdir), write_graph=False), *extra_callbacks,
-                 keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True,
-                                                 save_weights_only=True),
-                 keras.callbacks.TerminateOnNaN(), clock]
-    # A progress bar on a terminal; one line per epoch in a cluster job's log file.
-    verbose = 1 if sys.stdout.isatty() else 2
-    history = model.fit(train, validation_data=validate, epochs=epochs, callbacks=callbacks, shuffle=False,
-                        verbose=verbose)
-    if any(math.isnan(loss) for loss in history.history["loss"]):
-        fail(f"the training loss of {model.name} became NaN; try a lower learning rate")
+    path = folder / "state.json"
+    if resume and path.exists():
+        state = json.loads(path.read_text())
+        for key, value in settings.items():
+            if key in state["settings"] and state["settings"][key] != value:
+                if key == "vqvae_fingerprint":
+                    print(f"The VQ-VAE changed since {folder} was saved: training the prior from the start.")
+                    break
+                fail(f"--resume: the run in {folder} used --{key.replace('_', '-')} {state['settings'][key]}, "
+                     f"not {value}")
+        else:
+            print(f"Resuming from {folder} after epoch {state['epochs_done']}.")
+            return state
+    elif resume and required:
+        fail(f"--resume: no saved run at {path}; start one without --resume")
+    if writer:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    return {"settings": settings, "epochs_done": 0}
+
+
+def fit(model, train, validate, steps_per_epoch, epochs, state, folder, logdir, args, writer, extra_callbacks=()):
+    """model.fit from the state's epoch on, with checkpoints every epoch, TensorBoard, NaN, signal and time stops.
+
+    Restores the best weights by validation loss at the end; returns the TrainingClock.
+    Raises KeyboardInterrupt after a Ctrl-C (the last completed epoch is saved).
+    """
+    if state["epochs_done"]:
+        model.optimizer.build(model.trainable_variables)  # so that its saved state has somewhere to go
+        model.load_weights(folder / state["latest"])
+    clock = TrainingClock(args.max_minutes, state.get("train_seconds", 0.0), state.get("train_steps", 0))
+    stop = StopOnSignal()
+    callbacks = [EpochCheckpoints(folder, state, clock, writer),
+                 keras.callbacks.TensorBoard(str(logdir), write_graph=False), *extra_callbacks,
+                 keras.callbacks.TerminateOnNaN(), clock, stop]
+    if state["epochs_done"] < epochs:
+        # A progress bar on a terminal; one line per epoch in a cluster job's log file.
+        history = model.fit(train, validation_data=validate, epochs=epochs, initial_epoch=state["epochs_done"],
+                            steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
+                            verbose=1 if sys.stdout.isatty() else 2)
+        if any(not math.isfinite(loss) for loss in history.history["loss"]):
+            fail(f"the training loss of {model.name} became NaN in epoch {len(history.history['loss'])}; "
+                 f"try a lower learning rate")
+    if stop.requested:
+        raise KeyboardInterrupt
     if clock.stopped:
-        print(f"Stopped {model.name} after --max-minutes {max_minutes} in epoch {len(history.history['loss'])}.")
-    model.load_weights(str(checkpoint))
-    return clock.seconds, clock.batches, len(history.history["loss"])
+        print(f"Stopped {model.name} after --max-minutes {args.max_minutes} in epoch {state['epochs_done']} of "
+              f"{epochs}; to train the rest, run: {resume_command()}")
+    model.load_weights(folder / state["best"])
+    return clock
+
+
+def resume_command():
+    """This run's command line with --resume, for the messages that say how to continue."""
+    argv = [arg for arg in sys.argv[1:] if arg != "--resume"]
+    return shlex.join(["python", "train.py", *argv, "--resume"])
 
 
 def cosine_adam(learning_rate, epochs, steps_per_epoch):
@@ -200,21 +378,36 @@ def cosine_adam(learning_rate, epochs, steps_per_epoch):
     return keras.optimizers.Adam(schedule)
 
 
-def train_vqvae(args, decoded, steps_per_epoch):
-    """Train the VQ-VAE stage; returns the model and its test metrics."""
-    model = VQVAETrainer(num_codes=args.num_codes, code_dim=args.code_dim, channels=args.channels,
-                         downsamplings=args.downsamplings, res_blocks=args.res_blocks, beta=args.beta,
-                         ema_decay=args.ema_decay or None, seed=args.seed)
-    model.compile(optimizer=cosine_adam(args.learning_rate, args.epochs, steps_per_epoch))
-    train = dataset.batched(decoded["train"], args.batch_size, shuffle=True, seed=args.seed, drop_remainder=True)
-    validate = dataset.batched(decoded["validate"], args.batch_size)
-    preview = next(iter(decoded["validate"].batch(8)))[0]
-    logdir = Path(args.logdir) / "vqvae"
-    seconds, steps, epochs = fit(model, train, validate, args.epochs, logdir,
-                                 Path(f"{args.out}_checkpoints") / "vqvae.weights.h5", args.max_minutes,
-                                 [ReconstructionImages(preview, logdir)])
+def steps_per_epoch_of(split, batch_size):
+    """Full batches in one epoch of a decoded split; exits if the split is smaller than one batch."""
+    size = int(split.cardinality())
+    if size < batch_size:
+        fail(f"--batch-size {batch_size}: the training split has only {size} images")
+    return size // batch_size
+
+
+def train_vqvae(args, decoded, strategy, jit, writer):
+    """Train (or resume) the VQ-VAE stage; returns the model and its test metrics."""
+    folder = Path(f"{args.out}_checkpoints") / "vqvae"
+    settings = {key: getattr(args, key) for key in VQVAE_SETTINGS}
+    settings["dtype_policy"] = keras.mixed_precision.global_policy().name
+    state = checkpoint_state(folder, settings, args.resume, writer, required=True)
+    steps_per_epoch = steps_per_epoch_of(decoded["train"], args.batch_size)
+    with strategy.scope():
+        model = VQVAETrainer(num_codes=args.num_codes, code_dim=args.code_dim, channels=args.channels,
+                             downsamplings=args.downsamplings, res_blocks=args.res_blocks, beta=args.beta,
+                             ema_decay=args.ema_decay or None, seed=args.seed)
+        model.compile(optimizer=cosine_adam(args.learning_rate, args.epochs, steps_per_epoch), jit_compile=jit)
+        train = dataset.epochs_of_batches(decoded["train"], args.batch_size, args.seed, state["epochs_done"],
+                                          args.epochs)
+        validate = dataset.batched(decoded["validate"], args.batch_size)
+        preview = next(iter(decoded["validate"].batch(8)))[0]
+        logdir = Path(args.logdir) / "vqvae"
+        clock = fit(model, train, validate, steps_per_epoch, args.epochs, state, folder, logdir, args, writer,
+                    [ReconstructionImages(preview, logdir)])
     metrics, _, _ = evaluate_reconstructions(model, dataset.batched(decoded["test"], args.batch_size), args.num_codes)
-    metrics.update(train_seconds=seconds, epochs_run=epochs, train_images_per_second=steps * args.batch_size / seconds)
+    metrics.update(train_seconds=clock.seconds, epochs_run=state["epochs_done"], best_epoch=state["best_epoch"],
+                   train_images_per_second=clock.steps * args.batch_size / max(clock.seconds, 1e-9))
     return model, metrics
 
 
@@ -228,35 +421,47 @@ def encode_split(vqvae, decoded, batch_size):
     return np.concatenate(codes), np.concatenate(labels)
 
 
-def train_prior(args, vqvae, decoded, class_names):
-    """Train the gated PixelCNN on the code grids of the train split; returns the prior and its metrics."""
+def fingerprint(vqvae):
+    """A short hash of the codebook: which VQ-VAE a prior's checkpoints were trained on."""
+    return hashlib.sha256(np.asarray(vqvae.quantizer.codebook).tobytes()).hexdigest()[:16]
+
+
+def train_prior(args, vqvae, decoded, class_names, strategy, jit, writer):
+    """Train (or resume) the gated PixelCNN on the code grids of the train split; returns it and its metrics."""
+    folder = Path(f"{args.out}_checkpoints") / "prior"
+    settings = {key: getattr(args, key) for key in PRIOR_SETTINGS}
+    settings.update(dtype_policy=keras.mixed_precision.global_policy().name, vqvae_fingerprint=fingerprint(vqvae))
+    state = checkpoint_state(folder, settings, args.resume, writer, required=args.stage == "prior")
     codes = {name: encode_split(vqvae, decoded[name], args.batch_size) for name in ("train", "validate")}
     num_classes = len(class_names) if class_names and not args.unconditional else 0
-    grid = args.image_size // vqvae.downsampling_factor
-    prior = GatedPixelCNN(num_codes=args.num_codes, grid_size=grid, channels=args.prior_channels,
-                          num_layers=args.prior_layers, num_classes=num_classes, name="prior")
 
-    def as_dataset(split, shuffle):
+    def pairs(split):
         split_codes, split_labels = codes[split]
         inputs = (split_codes, split_labels) if num_classes else split_codes
-        data = tf.data.Dataset.from_tensor_slices((inputs, split_codes))
-        return dataset.batched(data, args.batch_size, shuffle=shuffle, seed=args.seed, drop_remainder=shuffle)
+        return tf.data.Dataset.from_tensor_slices((inputs, split_codes))
 
-    steps_per_epoch = max(1, len(codes["train"][0]) // args.batch_size)
-    prior.compile(optimizer=cosine_adam(args.prior_learning_rate, args.prior_epochs, steps_per_epoch),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.MeanMetricWrapper(bits_per_code, name="bits_per_code")])
-    sample_labels = tf.constant([i % max(num_classes, 1) for i in range(8)], tf.int32)
-    logdir = Path(args.logdir) / "prior"
-    seconds, steps, epochs = fit(prior, as_dataset("train", True), as_dataset("validate", False), args.prior_epochs,
-                                 logdir, Path(f"{args.out}_checkpoints") / "prior.weights.h5", args.max_minutes,
-                                 [PriorSamples(vqvae, sample_labels, logdir, every=4)])
-    validation = prior.evaluate(as_dataset("validate", False), verbose=0, return_dict=True)
+    steps_per_epoch = steps_per_epoch_of(pairs("train"), args.batch_size)
+    with strategy.scope():
+        prior = GatedPixelCNN(num_codes=args.num_codes, grid_size=args.image_size // vqvae.downsampling_factor,
+                              channels=args.prior_channels, num_layers=args.prior_layers, num_classes=num_classes,
+                              name="prior")
+        prior.compile(optimizer=cosine_adam(args.prior_learning_rate, args.prior_epochs, steps_per_epoch),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.MeanMetricWrapper(bits_per_code, name="bits_per_code")],
+                      jit_compile=jit)
+        train = dataset.epochs_of_batches(pairs("train"), args.batch_size, args.seed, state["epochs_done"],
+                                          args.prior_epochs)
+        validate = dataset.batched(pairs("validate"), args.batch_size)
+        sample_labels = tf.constant([i % max(num_classes, 1) for i in range(8)], tf.int32)
+        logdir = Path(args.logdir) / "prior"
+        clock = fit(prior, train, validate, steps_per_epoch, args.prior_epochs, state, folder, logdir, args, writer,
+                    [PriorSamples(vqvae, sample_labels, logdir, every=4)])
+    validation = prior.evaluate(validate, verbose=0, return_dict=True)
     train_labels = codes["train"][1]
     class_counts = [int((train_labels == k).sum()) for k in range(num_classes)]
     return prior, {"prior_validation_bits_per_code": validation["bits_per_code"],
                    "prior_uniform_bits_per_code": math.log2(args.num_codes),
-                   "prior_train_seconds": seconds, "prior_epochs_run": epochs,
+                   "prior_train_seconds": clock.seconds, "prior_epochs_run": state["epochs_done"],
                    "prior_conditional": bool(num_classes), "prior_class_counts": class_counts}
 
 
@@ -270,22 +475,33 @@ def load_trained_vqvae(out):
 
 def main(argv=None):
     args = parse_args(argv)
+    strategy, jit = configure_hardware(args)
     keras.utils.set_random_seed(args.seed)
+    writer = is_chief(strategy)
     if args.stage == "prior":  # before decoding any data, so that a missing model fails at once
         vqvae, metrics = load_trained_vqvae(args.out)
     try:
         source, decoded = load_data(args)
     except dataset.DataError as error:
         fail(f"--data {error}")
-    if args.stage != "prior":
-        steps_per_epoch = max(1, len(source.splits["train"]) // args.batch_size)
-        vqvae, metrics = train_vqvae(args, decoded, steps_per_epoch)
-    prior = None
-    if args.stage in ("all", "prior"):
-        prior, prior_metrics = train_prior(args, vqvae, decoded, source.class_names)
-        metrics.update(prior_metrics)
+    try:
+        if args.stage != "prior":
+            vqvae, metrics = train_vqvae(args, decoded, strategy, jit, writer)
+        prior = None
+        if args.stage in ("all", "prior"):
+            prior, prior_metrics = train_prior(args, vqvae, decoded, source.class_names, strategy, jit, writer)
+            metrics.update(prior_metrics)
+    except KeyboardInterrupt:
+        print(f"Interrupted; the last completed epoch is saved in {args.out}_checkpoints/. To continue, run: "
+              f"{resume_command()}", file=sys.stderr)
+        sys.exit(130)
+    if not writer:
+        print("Training done; the chief worker writes the outputs.")
+        return
     config = {**vars(args), "source": source.kind, "data_root": source.root, "class_names": source.class_names,
               "split_sizes": {name: len(split) for name, split in source.splits.items()},
+              "dtype_policy": keras.mixed_precision.global_policy().name, "jit_compile": jit,
+              "replicas": strategy.num_replicas_in_sync,
               "model": vqvae.get_config(), "prior": prior.get_config() if prior else None,
               "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
     metadata = {"image_size": args.image_size, "grid": args.image_size // vqvae.downsampling_factor,
@@ -321,7 +537,7 @@ def report(args, metrics):
     print(f"Config:      {out / 'config.json'}")
     print(f"Metrics:     {out / 'metrics.json'}")
     print(f"Curves:      {out / 'training_curves.png'}")
-    print(f"Checkpoints: {args.out}_checkpoints/")
+    print(f"Checkpoints: {args.out}_checkpoints/  (--resume continues from the latest epoch)")
     print(f"TensorBoard: tensorboard --logdir {args.logdir}")
 
 

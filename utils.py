@@ -152,16 +152,18 @@ def _add_prior_endpoints(archive, model, prior, images_spec, codes_spec, class_c
 
 def read_scalars(logdir):
     """Every scalar Keras' TensorBoard callback wrote under `logdir`: {"vqvae/train": {"epoch_loss": [(step,
-    value), ...]}, ...}, keyed by the folder relative to `logdir`."""
+    value), ...]}, ...}, keyed by the folder relative to `logdir`. Where a step was written twice (a rerun
+    into the same logdir), the later value wins."""
     runs = {}
     for path in sorted(tf.io.gfile.glob(f"{logdir}/*/*/events.out.tfevents.*")):
         run = os.path.relpath(os.path.dirname(path), logdir)
-        for event in tf.compat.v1.train.summary_iterator(path):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
                 if value.metadata.plugin_data.plugin_name == "scalars" or value.HasField("simple_value"):
                     number = value.simple_value if value.HasField("simple_value") else tf.make_ndarray(value.tensor)
-                    runs.setdefault(run, {}).setdefault(value.tag, []).append((event.step, float(number)))
-    return runs
+                    runs.setdefault(run, {}).setdefault(value.tag, {})[event.step] = float(number)
+    return {run: {tag: sorted(points.items()) for tag, points in tags.items()} for run, tags in runs.items()}
 
 
 def plot_training_curves(logdir, path):

@@ -1,0 +1,105 @@
+"""Training under tf.distribute and mixed precision: the same numbers as on one device, float32 quantiser."""
+
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from conftest import ROOT
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np
+    sys.path.insert(0, sys.argv[1])
+    import modules
+
+    rng = np.random.default_rng(0)
+    images = rng.random((32, 16, 16, 1)).astype("float32")
+    initial = None
+
+    class BatchLosses(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.losses = []
+        def on_train_batch_end(self, batch, logs=None):
+            self.losses.append(float(logs["loss"]))
+
+    def train(strategy):
+        global initial
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = modules.VQVAETrainer(num_codes=16, code_dim=8, channels=16, res_blocks=1, seed=0,
+                                         dead_code_steps=1000)
+            model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        if initial is None:
+            initial = model.get_weights()
+        model.set_weights(initial)  # both models start from the same weights and an initialised codebook
+        vectors = model.encoder(images[:16]).numpy().reshape(-1, 8)
+        quantizer = model.quantizer
+        quantizer.codebook.assign(vectors[::8][:16])
+        quantizer.ema_code_sum.assign(vectors[::8][:16])
+        quantizer.ema_cluster_size.assign(np.ones(16, "float32"))
+        quantizer.initialized.assign(1.0)
+        losses = BatchLosses()
+        model.fit(images, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[losses])
+        return {"replicas": strategy.num_replicas_in_sync, "losses": losses.losses,
+                "codebook": quantizer.codebook.numpy().tolist(),
+                "cluster_size": quantizer.ema_cluster_size.numpy().tolist(),
+                "encoder": model.encoder.get_weights()[0].ravel().tolist(),
+                "iterations": int(model.optimizer.iterations.numpy())}
+
+    single = train(tf.distribute.get_strategy())
+    mirrored = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    print(json.dumps({"single": single, "mirrored": mirrored}))
+""")
+
+
+def test_mirrored_over_two_cpu_devices_matches_one_device():
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(ROOT)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    single, mirrored = runs["single"], runs["mirrored"]
+    assert single["replicas"] == 1 and mirrored["replicas"] == 2
+    assert mirrored["iterations"] == single["iterations"] == 8
+    np.testing.assert_allclose(mirrored["losses"], single["losses"], rtol=1e-4, atol=1e-6)
+    # The EMA statistics are summed over both halves of each batch, as on one device.
+    np.testing.assert_allclose(mirrored["cluster_size"], single["cluster_size"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(mirrored["codebook"], single["codebook"], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(mirrored["encoder"], single["encoder"], rtol=1e-3, atol=1e-5)
+    # Training changed the codebook at all, so the comparison above means something.
+    assert not np.allclose(mirrored["cluster_size"], 1.0)
+
+
+def test_quantizer_computes_in_float32_under_mixed_precision():
+    import modules
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = modules.VQVAETrainer(num_codes=16, code_dim=8, channels=16, res_blocks=1, seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        assert model.encoder.layers[1].compute_dtype == "float16"
+        quantizer = model.quantizer
+        assert quantizer.compute_dtype == "float32" and quantizer.codebook.dtype == "float32"
+        vectors = model.encoder(np.random.default_rng(0).random((2, 16, 16, 1)).astype("float32"))
+        assert vectors.dtype == tf.float16
+        quantizer(vectors, training=True)  # initialises the codebook from these vectors, one EMA step
+        quantized, indices = quantizer(vectors, return_indices=True)
+        assert quantized.dtype == tf.float32 and all(loss.dtype == tf.float32 for loss in quantizer.losses)
+        # The nearest codes are those of the float32 vectors, by numpy brute force.
+        flat = tf.cast(vectors, tf.float32).numpy().reshape(-1, 8)
+        codebook = quantizer.codebook.numpy()
+        expected = ((flat[:, None] - codebook[None]) ** 2).sum(-1).argmin(1)
+        np.testing.assert_array_equal(indices.numpy().ravel(), expected)
+        history = model.fit(np.random.default_rng(1).random((8, 16, 16, 1)).astype("float32"), batch_size=4,
+                            epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
