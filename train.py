@@ -126,7 +126,7 @@ def configure_hardware(args):
     """
     gpus = tf.config.list_physical_devices("GPU")
     if args.strategy == "multiworker":
-        if "TF_CONFIG" not in os.environ:
+        if not os.environ.get("TF_CONFIG"):
             fail("--strategy multiworker: set TF_CONFIG on every worker (see README, 'Several GPUs and nodes')")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     elif args.strategy == "mirrored" or (args.strategy == "auto" and len(gpus) > 1):
@@ -332,12 +332,14 @@ def checkpoint_state(folder, settings, resume, writer, required):
     return {"settings": settings, "epochs_done": 0}
 
 
-def fit(model, train, validate, steps_per_epoch, epochs, state, folder, logdir, args, writer, extra_callbacks=()):
-    """model.fit from the state's epoch on, with checkpoints every epoch, TensorBoard, NaN, signal and time stops.
+def fit(model, stage, train, validate, steps_per_epoch, epochs, state, args, writer, extra_callbacks=()):
+    """model.fit of one stage ("vqvae" or "prior") from the state's epoch on, with checkpoints every epoch,
+    TensorBoard, and stops on NaN, on signals and at the time limit.
 
     Restores the best weights by validation loss at the end; returns the TrainingClock.
     Raises KeyboardInterrupt after a Ctrl-C (the last completed epoch is saved).
     """
+    folder, logdir = Path(f"{args.out}_checkpoints") / stage, Path(args.logdir) / stage
     if state["epochs_done"]:
         model.optimizer.build(model.trainable_variables)  # so that its saved state has somewhere to go
         model.load_weights(folder / state["latest"])
@@ -352,12 +354,13 @@ def fit(model, train, validate, steps_per_epoch, epochs, state, folder, logdir, 
                             steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
                             verbose=1 if sys.stdout.isatty() else 2)
         if any(not math.isfinite(loss) for loss in history.history["loss"]):
-            fail(f"the training loss of {model.name} became NaN in epoch {len(history.history['loss'])}; "
-                 f"try a lower learning rate")
+            flag = "--learning-rate" if stage == "vqvae" else "--prior-learning-rate"
+            fail(f"{flag} {getattr(args, flag[2:].replace('-', '_')):g}: the {stage} training loss became NaN in "
+                 f"epoch {len(history.history['loss'])}; try a lower learning rate")
     if stop.requested:
         raise KeyboardInterrupt
     if clock.stopped:
-        print(f"Stopped {model.name} after --max-minutes {args.max_minutes} in epoch {state['epochs_done']} of "
+        print(f"Stopped the {stage} training after --max-minutes {args.max_minutes} in epoch {state['epochs_done']} of "
               f"{epochs}; to train the rest, run: {resume_command()}")
     model.load_weights(folder / state["best"])
     return clock
@@ -402,9 +405,8 @@ def train_vqvae(args, decoded, strategy, jit, writer):
                                           args.epochs)
         validate = dataset.batched(decoded["validate"], args.batch_size)
         preview = next(iter(decoded["validate"].batch(8)))[0]
-        logdir = Path(args.logdir) / "vqvae"
-        clock = fit(model, train, validate, steps_per_epoch, args.epochs, state, folder, logdir, args, writer,
-                    [ReconstructionImages(preview, logdir)])
+        clock = fit(model, "vqvae", train, validate, steps_per_epoch, args.epochs, state, args, writer,
+                    [ReconstructionImages(preview, Path(args.logdir) / "vqvae")])
     metrics, _, _ = evaluate_reconstructions(model, dataset.batched(decoded["test"], args.batch_size), args.num_codes)
     metrics.update(train_seconds=clock.seconds, epochs_run=state["epochs_done"], best_epoch=state["best_epoch"],
                    train_images_per_second=clock.steps * args.batch_size / max(clock.seconds, 1e-9))
@@ -453,9 +455,8 @@ def train_prior(args, vqvae, decoded, class_names, strategy, jit, writer):
                                           args.prior_epochs)
         validate = dataset.batched(pairs("validate"), args.batch_size)
         sample_labels = tf.constant([i % max(num_classes, 1) for i in range(8)], tf.int32)
-        logdir = Path(args.logdir) / "prior"
-        clock = fit(prior, train, validate, steps_per_epoch, args.prior_epochs, state, folder, logdir, args, writer,
-                    [PriorSamples(vqvae, sample_labels, logdir, every=4)])
+        clock = fit(prior, "prior", train, validate, steps_per_epoch, args.prior_epochs, state, args, writer,
+                    [PriorSamples(vqvae, sample_labels, Path(args.logdir) / "prior", every=4)])
     validation = prior.evaluate(validate, verbose=0, return_dict=True)
     train_labels = codes["train"][1]
     class_counts = [int((train_labels == k).sum()) for k in range(num_classes)]

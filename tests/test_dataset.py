@@ -77,15 +77,20 @@ def test_non_square_images_are_padded_with_background_then_resized(tmp_path):
     np.testing.assert_allclose(image[2:-2], 1.0, atol=1e-6)
 
 
-def test_colour_and_16_bit_images_become_grayscale_in_unit_range(tmp_path):
-    rgb = tmp_path / "p1_1.png"
+def test_colour_palette_and_16_bit_images_of_mixed_sizes_become_grayscale_in_unit_range(tmp_path):
+    rgb, rgba, palette, deep = (tmp_path / f"p{i}_1.png" for i in range(4))
     Image.new("RGB", (40, 40), (200, 200, 200)).save(rgb)
-    deep = tmp_path / "p2_1.png"
+    Image.new("RGBA", (64, 64), (200, 200, 200, 255)).save(rgba)
+    Image.new("L", (20, 20), 100).convert("P").save(palette)
     Image.fromarray(np.full((40, 40), 40000, np.uint16)).save(deep)
-    split = dataset.Split([str(rgb), str(deep)], ["p1", "p2"], [-1, -1])
+    files = [str(f) for f in (rgb, rgba, palette, deep)]
+    split = dataset.Split(files, ["p0", "p1", "p2", "p3"], [-1] * 4)
     images = images_of(split, 16)[0]
+    assert images.shape == (4, 16, 16, 1)
     np.testing.assert_allclose(images[0], 200 / 255, atol=0.01)
-    np.testing.assert_allclose(images[1], 40000 / 65535, atol=0.01)
+    np.testing.assert_allclose(images[1], 200 / 255, atol=0.01)
+    np.testing.assert_allclose(images[2], 100 / 255, atol=0.01)
+    np.testing.assert_allclose(images[3], 40000 / 65535, atol=0.01)
 
 
 def test_folder_source_splits_by_patient_and_labels_subfolders(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -213,3 +214,34 @@ def test_tensorboard_serves_the_loss_and_ssim_scalars(trained):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_predict_rejects_a_foreign_savedmodel(tmp_path):
+    script = textwrap.dedent(f"""
+        import tensorflow as tf
+        module = tf.Module()
+        module.double = tf.function(lambda x: 2 * x, input_signature=[tf.TensorSpec([None], tf.float32)])
+        tf.saved_model.save(module, {str(tmp_path / "foreign")!r})
+    """)
+    assert run([sys.executable, "-c", script]).returncode == 0
+    result = run([sys.executable, "predict.py", "--model", str(tmp_path / "foreign"), "--out", str(tmp_path / "p")])
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "without this project's encode/decode/reconstruct" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "p").exists()
+
+
+def test_stage_prior_trains_an_unconditional_prior_that_rejects_labels(trained, tmp_path):
+    out, _, data, _ = trained
+    copy = tmp_path / "vqvae"
+    shutil.copytree(out, copy)
+    result = run([sys.executable, "train.py", "--data", str(data), "--out", str(copy), "--logdir",
+                  str(tmp_path / "logs"), *TINY, "--stage", "prior", "--unconditional"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not json.loads((copy / "metrics.json").read_text())["prior_conditional"]
+    labelled = run([sys.executable, "predict.py", "--model", str(copy), "--out", str(tmp_path / "p"),
+                    "--label", "AD"])
+    assert labelled.returncode != 0 and "Traceback" not in labelled.stderr
+    assert "--label AD: the model at" in labelled.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "p").exists()
+    unlabelled = run([sys.executable, "predict.py", "--model", str(copy), "--out", str(tmp_path / "p"), "--n", "2"])
+    assert unlabelled.returncode == 0 and len(list((tmp_path / "p").glob("sample_*.png"))) == 3

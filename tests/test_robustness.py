@@ -1,0 +1,141 @@
+"""train.py under interruption and bad input: SIGKILL and Ctrl-C then --resume, time limits, one-line errors."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT, write_adni
+from test_train import run
+
+TINY = ["--image-size", "32", "--epochs", "3", "--batch-size", "8", "--channels", "16", "--code-dim", "8",
+        "--num-codes", "16", "--res-blocks", "1", "--prior-epochs", "3", "--prior-channels", "8",
+        "--prior-layers", "3", "--deterministic"]
+
+
+@pytest.fixture(scope="module")
+def adni(tmp_path_factory):
+    """ADNI layout with 14 steps of 8 images per epoch, so that an epoch lasts long enough to interrupt."""
+    return write_adni(tmp_path_factory.mktemp("data") / "AD_NC", train_patients=8, test_patients=2, slices=8)
+
+
+def interrupt_when(state_path, epochs_done, sig, command):
+    """Run `command`; send `sig` as soon as `state_path` records `epochs_done` epochs. Returns the result and
+    the state seen at that moment."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = None
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            seen = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            seen = None
+        if seen and seen["epochs_done"] >= epochs_done:
+            process.send_signal(sig)
+            break
+        time.sleep(0.02)
+    stdout, stderr = process.communicate(timeout=300)
+    return process.returncode, stdout, stderr, seen
+
+
+def test_killed_and_interrupted_run_resumes_to_the_uninterrupted_result(adni, tmp_path):
+    def command(name, *extra):
+        return [sys.executable, "train.py", "--data", str(adni), "--out", str(tmp_path / name / "vqvae"),
+                "--logdir", str(tmp_path / name / "logs"), *TINY, *extra]
+
+    reference = run(command("reference"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    checkpoints = tmp_path / "resumed" / "vqvae_checkpoints"
+    # SIGKILL during the VQ-VAE's epoch 2: no chance to clean up.
+    code, _, _, seen = interrupt_when(checkpoints / "vqvae" / "state.json", 1, signal.SIGKILL, command("resumed"))
+    assert code == -signal.SIGKILL and seen["epochs_done"] == 1 and seen["optimizer_iterations"] == 14
+    assert not (tmp_path / "resumed" / "vqvae").exists()  # no export from a killed run
+    # Resume; Ctrl-C once during the prior's epoch 2: it finishes and saves that epoch, then stops.
+    code, _, stderr, seen = interrupt_when(checkpoints / "prior" / "state.json", 1, signal.SIGINT,
+                                           command("resumed", "--resume"))
+    assert code == 130, stderr[-3000:]
+    assert "--resume" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+    prior_state = json.loads((checkpoints / "prior" / "state.json").read_text())
+    assert prior_state["epochs_done"] == 2 and prior_state["optimizer_iterations"] == 2 * 14
+    assert not (tmp_path / "resumed" / "vqvae").exists()
+    # Resume again: it finishes both stages with the optimizer's step count continued.
+    finished = run(command("resumed", "--resume"))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "Resuming from" in finished.stdout
+    for stage in ("vqvae", "prior"):
+        state = json.loads((checkpoints / stage / "state.json").read_text())
+        assert state["epochs_done"] == 3 and state["optimizer_iterations"] == 3 * 14
+        assert sorted(p.name for p in (checkpoints / stage).iterdir()) == sorted({"state.json", state["latest"],
+                                                                                    state["best"]})
+    expected = json.loads((tmp_path / "reference" / "vqvae" / "metrics.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "vqvae" / "metrics.json").read_text())
+    for key in ("ssim_mean", "psnr_mean", "mse_mean", "perplexity", "prior_validation_bits_per_code"):
+        assert resumed[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
+    assert resumed["codes_used"] == expected["codes_used"] and resumed["epochs_run"] == 3
+
+
+def test_max_minutes_stops_exports_and_says_how_to_resume(adni, tmp_path):
+    out = tmp_path / "vqvae"
+    result = run([sys.executable, "train.py", "--data", str(adni), "--out", str(out), "--logdir",
+                  str(tmp_path / "logs"), *TINY, "--stage", "vqvae", "--max-minutes", "0.0001"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--max-minutes 0.0001 in epoch 1 of 3" in result.stdout and "--resume" in result.stdout
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 1
+    again = run([sys.executable, "train.py", "--data", str(adni), "--out", str(out), "--logdir",
+                 str(tmp_path / "logs"), *TINY, "--stage", "vqvae", "--resume", "--channels", "32"])
+    assert again.returncode != 0 and "Traceback" not in again.stderr
+    assert "--resume: the run in" in again.stderr and "used --channels 16, not 32" in again.stderr
+
+
+def write_corrupt_adni(root):
+    data = write_adni(root / "AD_NC", train_patients=4, test_patients=2, slices=4)
+    (data / "train" / "AD" / "100001_70.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return data
+
+
+def write_unknown_layout(root):
+    (root / "notes").mkdir(parents=True)
+    (root / "notes" / "readme.txt").write_text("no images here")
+    return root / "notes"
+
+
+def write_empty(root):
+    (root / "empty").mkdir(parents=True)
+    return root / "empty"
+
+
+@pytest.mark.parametrize("make, args, message", [
+    (write_empty, [], "found no images"),
+    (write_unknown_layout, [], "found no images"),
+    (write_corrupt_adni, [], "100001_70.jpeg: not a readable PNG/JPEG"),
+    (lambda root: write_adni(root / "AD_NC", 4, 1, 2), ["--learning-rate", "1e12", "--epochs", "2"],
+     "--learning-rate 1e+12: the vqvae training loss became NaN"),
+    (lambda root: write_adni(root / "AD_NC", 4, 1, 2), ["--batch-size", "64"], "--batch-size 64: the training split"),
+    (lambda root: write_adni(root / "AD_NC", 4, 1, 2), ["--resume"], "--resume: no saved run"),
+    (lambda root: write_adni(root / "AD_NC", 4, 1, 2), ["--strategy", "multiworker"], "set TF_CONFIG"),
+])
+def test_bad_data_gives_one_line_and_no_outputs(tmp_path, make, args, message):
+    data = make(tmp_path / "in")
+    out = tmp_path / "out" / "vqvae"
+    result = run([sys.executable, "train.py", "--data", str(data), "--out", str(out), "--logdir",
+                  str(tmp_path / "logs"), *TINY, "--epochs", "1", *args], env={"TF_CONFIG": ""})
+    assert result.returncode not in (0, None) and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, result.stderr[-2000:]
+    assert not out.exists()
+
+
+def test_skip_bad_skips_and_counts_unreadable_files(tmp_path):
+    data = write_corrupt_adni(tmp_path)
+    (data / "train" / "NC" / "notes.txt").write_text("not an image, ignored")
+    Image.new("RGBA", (300, 200), (200, 10, 10, 255)).save(data / "train" / "NC" / "100005_90.png")
+    result = run([sys.executable, "train.py", "--data", str(data), "--out", str(tmp_path / "out"), "--logdir",
+                  str(tmp_path / "logs"), *TINY, "--epochs", "1", "--stage", "vqvae", "--skip-bad"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Skipped 1 unreadable image files (--skip-bad)" in result.stdout
+    assert (tmp_path / "out" / "saved_model.pb").exists()
