@@ -165,6 +165,15 @@ class VectorQuantizer(layers.Layer):
                 "dead_code_steps": self.dead_code_steps, "seed": self.seed}
 
 
+def _in_multi_worker_run():
+    """Whether this step runs under a MultiWorkerMirroredStrategy with more than one worker."""
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    return sum(len(tasks) for tasks in cluster.values()) > 1
+
+
 def _sum_over_replicas(*tensors):
     """Sum tensors over the replicas of a tf.distribute strategy (identity with one replica)."""
     context = tf.distribute.get_replica_context()
@@ -296,7 +305,11 @@ class VQVAETrainer(keras.Model):
                       codes_used=codes_used)
         for name, value in values.items():
             self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        results = {name: tracker.result() for name, tracker in self.trackers.items()}
+        if _in_multi_worker_run():
+            # Keras 3 averages a multi-worker run's logs over axis 0, which scalars lack (keras-team/keras#20585).
+            results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
+        return results
 
     def train_step(self, data):
         images = _images_of(data)

@@ -23,6 +23,7 @@ import shlex
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -190,12 +191,11 @@ class EpochCheckpoints(keras.callbacks.Callback):
     complete, so a kill at any moment leaves the previous or the new state, never a mix.
     """
 
-    def __init__(self, folder, state, clock, write=True):
+    def __init__(self, folder, state, clock):
         super().__init__()
         self.folder = Path(folder)
         self.state = state
         self.clock = clock
-        self.write = write
 
     def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite(logs.get("loss", math.nan)):
@@ -207,8 +207,6 @@ class EpochCheckpoints(keras.callbacks.Callback):
         val_loss = logs.get("val_loss", math.nan)
         if state.get("best_val_loss") is None or val_loss < state["best_val_loss"]:
             state.update(best=latest, best_val_loss=val_loss, best_epoch=epoch + 1)
-        if not self.write:
-            return
         tmp = self.folder / f"tmp-{os.getpid()}.weights.h5"
         self.model.save_weights(tmp)
         os.replace(tmp, self.folder / latest)
@@ -343,9 +341,11 @@ def fit(model, stage, train, validate, steps_per_epoch, epochs, state, args, wri
     if state["epochs_done"]:
         model.optimizer.build(model.trainable_variables)  # so that its saved state has somewhere to go
         model.load_weights(folder / state["latest"])
+    # Every worker of a multi-worker run saves (saving may need them all); the others into a scratch folder.
+    save_folder = folder if writer else Path(tempfile.mkdtemp(prefix="brain_vqvae_worker_checkpoints_"))
     clock = TrainingClock(args.max_minutes, state.get("train_seconds", 0.0), state.get("train_steps", 0))
     stop = StopOnSignal()
-    callbacks = [EpochCheckpoints(folder, state, clock, writer),
+    callbacks = [EpochCheckpoints(save_folder, state, clock),
                  keras.callbacks.TensorBoard(str(logdir), write_graph=False), *extra_callbacks,
                  keras.callbacks.TerminateOnNaN(), clock, stop]
     if state["epochs_done"] < epochs:
@@ -362,7 +362,8 @@ def fit(model, stage, train, validate, steps_per_epoch, epochs, state, args, wri
     if clock.stopped:
         print(f"Stopped the {stage} training after --max-minutes {args.max_minutes} in epoch {state['epochs_done']} of "
               f"{epochs}; to train the rest, run: {resume_command()}")
-    model.load_weights(folder / state["best"])
+    model.load_weights(save_folder / state["best"] if (save_folder / state["best"]).exists()
+                       else folder / state["best"])
     return clock
 
 
@@ -401,10 +402,13 @@ def train_vqvae(args, decoded, strategy, jit, writer):
                              downsamplings=args.downsamplings, res_blocks=args.res_blocks, beta=args.beta,
                              ema_decay=args.ema_decay or None, seed=args.seed)
         model.compile(optimizer=cosine_adam(args.learning_rate, args.epochs, steps_per_epoch), jit_compile=jit)
-        train = dataset.epochs_of_batches(decoded["train"], args.batch_size, args.seed, state["epochs_done"],
+        # Images alone, without labels: Keras' fit cannot start on nested batches under multi-worker training
+        # (keras-team/keras#20585), and the VQ-VAE has no use for labels.
+        images = {name: decoded[name].map(lambda image, label: image) for name in ("train", "validate")}
+        train = dataset.epochs_of_batches(images["train"], args.batch_size, args.seed, state["epochs_done"],
                                           args.epochs)
-        validate = dataset.batched(decoded["validate"], args.batch_size)
-        preview = next(iter(decoded["validate"].batch(8)))[0]
+        validate = dataset.batched(images["validate"], args.batch_size)
+        preview = next(iter(images["validate"].batch(8)))
         clock = fit(model, "vqvae", train, validate, steps_per_epoch, args.epochs, state, args, writer,
                     [ReconstructionImages(preview, Path(args.logdir) / "vqvae")])
     metrics, _, _ = evaluate_reconstructions(model, dataset.batched(decoded["test"], args.batch_size), args.num_codes)
@@ -479,6 +483,9 @@ def main(argv=None):
     strategy, jit = configure_hardware(args)
     keras.utils.set_random_seed(args.seed)
     writer = is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if not writer:  # the other workers log to a scratch folder; the chief writes every output
+        args.logdir = tempfile.mkdtemp(prefix="brain_vqvae_worker_logs_")
     if args.stage == "prior":  # before decoding any data, so that a missing model fails at once
         vqvae, metrics = load_trained_vqvae(args.out)
     try:
@@ -489,7 +496,11 @@ def main(argv=None):
         if args.stage != "prior":
             vqvae, metrics = train_vqvae(args, decoded, strategy, jit, writer)
         prior = None
-        if args.stage in ("all", "prior"):
+        if args.stage in ("all", "prior") and writer:
+            # The prior over small code grids is a few percent of the work; a multi-worker run trains it on
+            # the chief alone, whose local devices suffice (and Keras 3 cannot fit its nested batches there).
+            if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                strategy = tf.distribute.get_strategy()
             prior, prior_metrics = train_prior(args, vqvae, decoded, source.class_names, strategy, jit, writer)
             metrics.update(prior_metrics)
     except KeyboardInterrupt:
@@ -502,7 +513,7 @@ def main(argv=None):
     config = {**vars(args), "source": source.kind, "data_root": source.root, "class_names": source.class_names,
               "split_sizes": {name: len(split) for name, split in source.splits.items()},
               "dtype_policy": keras.mixed_precision.global_policy().name, "jit_compile": jit,
-              "replicas": strategy.num_replicas_in_sync,
+              "replicas": replicas,
               "model": vqvae.get_config(), "prior": prior.get_config() if prior else None,
               "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
     metadata = {"image_size": args.image_size, "grid": args.image_size // vqvae.downsampling_factor,

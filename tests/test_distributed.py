@@ -1,5 +1,7 @@
 """Training under tf.distribute and mixed precision: the same numbers as on one device, float32 quantiser."""
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -103,3 +105,35 @@ def test_quantizer_computes_in_float32_under_mixed_precision():
         assert type(model.optimizer).__name__ == "LossScaleOptimizer"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_multiworker_run_of_two_local_workers_trains_and_the_chief_exports(tmp_path):
+    import socket
+
+    from conftest import write_adni
+    from test_robustness import TINY
+
+    data = write_adni(tmp_path / "AD_NC", train_patients=4, test_patients=1, slices=4)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    workers = [f"localhost:{port}" for port in ports]
+    out = tmp_path / "run" / "vqvae"
+    processes = []
+    for index in range(2):
+        config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        env = {**os.environ, "TF_CONFIG": config, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        processes.append(subprocess.Popen(
+            [sys.executable, "train.py", "--data", str(data), "--out", str(out), "--logdir", str(tmp_path / "logs"),
+             *TINY, "--epochs", "2", "--prior-epochs", "1", "--strategy", "multiworker"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [process.communicate(timeout=600) for process in processes]
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    assert "the chief worker writes the outputs" in outputs[1][0]
+    config = json.loads((out / "config.json").read_text())
+    assert config["replicas"] == 2 and config["strategy"] == "multiworker"
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
+    assert (out / "prior.keras").exists() and not list((tmp_path / "run").glob("*worker*"))
