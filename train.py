@@ -390,7 +390,7 @@ def steps_per_epoch_of(split, batch_size):
     return size // batch_size
 
 
-def train_vqvae(args, decoded, strategy, jit, writer):
+def train_vqvae(args, decoded, strategy, jit, writer, extra_callbacks=()):
     """Train (or resume) the VQ-VAE stage; returns the model and its test metrics."""
     folder = Path(f"{args.out}_checkpoints") / "vqvae"
     settings = {key: getattr(args, key) for key in VQVAE_SETTINGS}
@@ -410,7 +410,7 @@ def train_vqvae(args, decoded, strategy, jit, writer):
         validate = dataset.batched(images["validate"], args.batch_size)
         preview = next(iter(images["validate"].batch(8)))
         clock = fit(model, "vqvae", train, validate, steps_per_epoch, args.epochs, state, args, writer,
-                    [ReconstructionImages(preview, Path(args.logdir) / "vqvae")])
+                    [ReconstructionImages(preview, Path(args.logdir) / "vqvae"), *extra_callbacks])
     metrics, _, _ = evaluate_reconstructions(model, dataset.batched(decoded["test"], args.batch_size), args.num_codes)
     metrics.update(train_seconds=clock.seconds, epochs_run=state["epochs_done"], best_epoch=state["best_epoch"],
                    train_images_per_second=clock.steps * args.batch_size / max(clock.seconds, 1e-9))

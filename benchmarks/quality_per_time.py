@@ -1,0 +1,90 @@
+"""Test SSIM of the VQ-VAE against training time: train.py's VQ-VAE stage on a folder for a fixed budget of
+training minutes, scoring the whole test split after every minute (scoring time is not counted). Prints one
+JSON line per score and a summary line with the minutes taken to reach --target SSIM.
+
+    python benchmarks/quality_per_time.py --data ../shared/data/ADNI --minutes 15 --epochs 9
+    python benchmarks/quality_per_time.py --data /data/OASIS --minutes 5 -- --channels 128
+
+Arguments after `--` go to train.py unchanged.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import dataset  # noqa: E402
+import train  # noqa: E402
+from modules import ssim  # noqa: E402
+
+
+class ScoreEveryMinute(keras.callbacks.Callback):
+    """After each further minute of training steps, the mean SSIM of the whole test split."""
+
+    def __init__(self, test_images, every_seconds=60):
+        super().__init__()
+        self.test_images = test_images
+        self.every = every_seconds
+        self.training_seconds = 0.0
+        self.next_score = every_seconds
+        self.scores = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.training_seconds += time.monotonic() - self.start
+        if self.training_seconds >= self.next_score:
+            self.score()
+            self.next_score += self.every
+
+    def on_train_end(self, logs=None):
+        self.score()
+
+    def score(self):
+        reconstruct = tf.function(self.model.reconstruct)
+        values = [ssim(images, reconstruct(images)).numpy() for images in self.test_images]
+        point = {"minutes": round(self.training_seconds / 60, 2), "test_ssim": round(float(np.concatenate(values).mean()), 4)}
+        self.scores.append(point)
+        print(json.dumps(point), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="an OASIS, ADNI or image folder, as for train.py --data")
+    parser.add_argument("--minutes", type=float, default=15, help="training minutes (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=9, help="planned epochs of the cosine schedule")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--target", type=float, default=0.77, help="report when the test SSIM first reaches this")
+    parser.add_argument("train_args", nargs="*", help="more train.py flags, after --")
+    args = parser.parse_args()
+    scratch = tempfile.mkdtemp(prefix="quality_per_time_")
+    train_args = train.parse_args(["--data", args.data, "--image-size", str(args.image_size), "--epochs",
+                                   str(args.epochs), "--max-minutes", str(args.minutes), "--stage", "vqvae",
+                                   "--out", f"{scratch}/vqvae", "--logdir", f"{scratch}/logs", *args.train_args])
+    strategy, jit = train.configure_hardware(train_args)
+    keras.utils.set_random_seed(train_args.seed)
+    source, decoded = train.load_data(train_args)
+    test_images = [images for images, _ in dataset.batched(decoded["test"], 64)]
+    scorer = ScoreEveryMinute(test_images)
+    train.train_vqvae(train_args, decoded, strategy, jit, True, [scorer])
+    reached = next((point["minutes"] for point in scorer.scores if point["test_ssim"] >= args.target), None)
+    print(json.dumps({"benchmark": "quality_per_time", "data": source.kind, "test_images": len(source.splits["test"]),
+                      "budget_minutes": args.minutes, "final_test_ssim": scorer.scores[-1]["test_ssim"],
+                      "target_ssim": args.target, "minutes_to_target": reached,
+                      "device": "GPU" if tf.config.list_physical_devices("GPU") else f"CPU x{os.cpu_count()}",
+                      "command": " ".join(["python", "benchmarks/quality_per_time.py", *sys.argv[1:]])}))
+
+
+if __name__ == "__main__":
+    main()

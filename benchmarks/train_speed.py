@@ -1,0 +1,124 @@
+"""Training speed of the VQ-VAE step against the machine's dense-matmul roofline. Prints one JSON line per
+configuration.
+
+FLOPs are counted analytically from the model's layers: a convolution costs 2·H_out·W_out·C_in·C_out·k_h·k_w
+per image forward (a transposed convolution the same with its input size), the quantiser's distance matmul
+2·positions·D·K; a training step costs three times the forward pass (forward, gradient with respect to the
+inputs, gradient with respect to the weights). The roofline is a float32 matmul of 2048×2048 matrices timed
+on the same machine. Images are random: the step's cost does not depend on the pixels.
+
+    python benchmarks/train_speed.py                    # default (128 px, batch 16) and full size (256 px, batch 32)
+    python benchmarks/train_speed.py --configs default --steps 40
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import layers  # noqa: E402
+
+from modules import VQVAETrainer  # noqa: E402
+
+# train.py's defaults, and the full-size configuration the README gives for OASIS and ADNI at 256 x 256.
+CONFIGS = {
+    "default": dict(image_size=128, batch_size=16, channels=64, code_dim=32, num_codes=256, downsamplings=2,
+                    res_blocks=2),
+    "full": dict(image_size=256, batch_size=32, channels=64, code_dim=32, num_codes=256, downsamplings=2,
+                 res_blocks=2),
+}
+
+
+def matmul_gflops(size=2048, repeats=10):
+    """Achieved GFLOP/s of a float32 size x size matmul on this machine (the roofline)."""
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    run = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    run().numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run().numpy()
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def conv_forward_flops(model):
+    """Forward FLOPs per image of the Conv2D and Conv2DTranspose layers of a functional model."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, (layers.Conv2D, layers.Conv2DTranspose)):
+            in_shape = layer.input.shape
+            out_shape = layer.output.shape
+            kh, kw = layer.kernel_size
+            spatial = in_shape if isinstance(layer, layers.Conv2DTranspose) else out_shape
+            total += 2 * spatial[1] * spatial[2] * in_shape[-1] * out_shape[-1] * kh * kw
+    return total
+
+
+def forward_flops(config):
+    """Forward FLOPs per image of encoder, quantiser distances and decoder at the configuration's size."""
+    size = config["image_size"]
+    model = VQVAETrainer(**{k: config[k] for k in ("num_codes", "code_dim", "channels", "downsamplings",
+                                                   "res_blocks")})
+    encoder = keras.Model(model.encoder.input, model.encoder.output)
+    sized_encoder = keras.models.clone_model(encoder, input_tensors=keras.Input((size, size, 1)))
+    grid = size // 2 ** config["downsamplings"]
+    sized_decoder = keras.models.clone_model(model.decoder,
+                                             input_tensors=keras.Input((grid, grid, config["code_dim"])))
+    quantizer = 2 * grid * grid * config["code_dim"] * config["num_codes"]
+    return conv_forward_flops(sized_encoder) + quantizer + conv_forward_flops(sized_decoder)
+
+
+def images_per_second(config, steps, jit):
+    """Training images/s of VQVAETrainer.fit steps (after a warm-up epoch that traces the step)."""
+    keras.utils.set_random_seed(0)
+    model = VQVAETrainer(**{k: config[k] for k in ("num_codes", "code_dim", "channels", "downsamplings",
+                                                   "res_blocks")}, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit)
+    size, batch = config["image_size"], config["batch_size"]
+    images = np.random.default_rng(0).random((batch * 4, size, size, 1)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices(images).batch(batch).repeat().prefetch(tf.data.AUTOTUNE)
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds = time.perf_counter() - self.start
+
+    timer = Timer()
+    model.fit(data, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # warm-up: tracing, first-batch codebook init
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+    return steps * batch / timer.seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per configuration")
+    parser.add_argument("--jit", action="store_true", help="compile the step with XLA")
+    args = parser.parse_args()
+    roofline = matmul_gflops()
+    for name in args.configs:
+        config = CONFIGS[name]
+        forward = forward_flops(config)
+        speed = images_per_second(config, args.steps, args.jit)
+        achieved = 3 * forward * speed / 1e9
+        print(json.dumps({
+            "benchmark": "train_speed", "config": name, **config, "jit": args.jit,
+            "device": "GPU" if tf.config.list_physical_devices("GPU") else f"CPU x{os.cpu_count()}",
+            "images_per_second": round(speed, 1), "forward_gflop_per_image": round(forward / 1e9, 3),
+            "train_gflop_per_image": round(3 * forward / 1e9, 3), "achieved_gflops": round(achieved, 1),
+            "matmul_gflops": round(roofline, 1), "fraction_of_matmul_roofline": round(achieved / roofline, 3),
+            "command": " ".join(["python", "benchmarks/train_speed.py", *sys.argv[1:]])}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
