@@ -97,8 +97,10 @@ def test_quantizer_computes_in_float32_under_mixed_precision():
         # The nearest codes are those of the float32 vectors, by numpy brute force.
         flat = tf.cast(vectors, tf.float32).numpy().reshape(-1, 8)
         codebook = quantizer.codebook.numpy()
-        expected = ((flat[:, None] - codebook[None]) ** 2).sum(-1).argmin(1)
-        np.testing.assert_array_equal(indices.numpy().ravel(), expected)
+        distances = ((flat[:, None] - codebook[None]) ** 2).sum(-1)
+        chosen = np.take_along_axis(distances, indices.numpy().reshape(-1, 1), 1)[:, 0]
+        # Equal to the minimum (codes initialised from repeated vectors may tie, so indices alone can differ).
+        np.testing.assert_allclose(chosen, distances.min(1), rtol=1e-4, atol=1e-5)
         history = model.fit(np.random.default_rng(1).random((8, 16, 16, 1)).astype("float32"), batch_size=4,
                             epochs=1, verbose=0)
         assert np.isfinite(history.history["loss"][0])
