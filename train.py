@@ -146,15 +146,6 @@ def configure_hardware(args):
     return strategy, jit
 
 
-def is_chief(strategy):
-    """Whether this process writes the outputs (always, except on the non-chief workers of a multi-worker run)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
-                                             and "chief" not in resolver.cluster_spec().as_dict())
-
-
 class TrainingClock(keras.callbacks.Callback):
     """Time the training steps (not validation) and stop cleanly once `minutes` of training have passed.
 
@@ -312,17 +303,15 @@ def checkpoint_state(folder, settings, resume, writer, required):
     path = folder / "state.json"
     if resume and path.exists():
         state = json.loads(path.read_text())
+        saved = state["settings"]
         for key, value in settings.items():
-            if key in state["settings"] and state["settings"][key] != value:
-                if key == "vqvae_fingerprint":
-                    print(f"The VQ-VAE changed since {folder} was saved: training the prior from the start.")
-                    break
-                fail(f"--resume: the run in {folder} used --{key.replace('_', '-')} {state['settings'][key]}, "
-                     f"not {value}")
-        else:
+            if key != "vqvae_fingerprint" and saved.get(key, value) != value:
+                fail(f"--resume: the run in {folder} used --{key.replace('_', '-')} {saved[key]}, not {value}")
+        if saved.get("vqvae_fingerprint") == settings.get("vqvae_fingerprint"):
             print(f"Resuming from {folder} after epoch {state['epochs_done']}.")
             return state
-    elif resume and required:
+        print(f"The VQ-VAE changed since {folder} was saved: training the prior from the start.")
+    if resume and required and not path.exists():
         fail(f"--resume: no saved run at {path}; start one without --resume")
     if writer:
         shutil.rmtree(folder, ignore_errors=True)
@@ -482,7 +471,7 @@ def main(argv=None):
     args = parse_args(argv)
     strategy, jit = configure_hardware(args)
     keras.utils.set_random_seed(args.seed)
-    writer = is_chief(strategy)
+    writer = strategy.extended.should_checkpoint  # False only on the non-chief workers of a multi-worker run
     replicas = strategy.num_replicas_in_sync
     if not writer:  # the other workers log to a scratch folder; the chief writes every output
         args.logdir = tempfile.mkdtemp(prefix="brain_vqvae_worker_logs_")

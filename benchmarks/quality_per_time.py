@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,23 +27,20 @@ import train  # noqa: E402
 from modules import ssim  # noqa: E402
 
 
-class ScoreEveryMinute(keras.callbacks.Callback):
-    """After each further minute of training steps, the mean SSIM of the whole test split."""
+class ScoreEveryMinute(train.TrainingClock):
+    """After each further minute of training steps (timed as train.py times them), the mean SSIM of the whole
+    test split."""
 
     def __init__(self, test_images, every_seconds=60):
         super().__init__()
         self.test_images = test_images
         self.every = every_seconds
-        self.training_seconds = 0.0
         self.next_score = every_seconds
         self.scores = []
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.monotonic()
-
     def on_train_batch_end(self, batch, logs=None):
-        self.training_seconds += time.monotonic() - self.start
-        if self.training_seconds >= self.next_score:
+        super().on_train_batch_end(batch, logs)
+        if self.seconds >= self.next_score:
             self.score()
             self.next_score += self.every
 
@@ -54,7 +50,7 @@ class ScoreEveryMinute(keras.callbacks.Callback):
     def score(self):
         reconstruct = tf.function(self.model.reconstruct)
         values = [ssim(images, reconstruct(images)).numpy() for images in self.test_images]
-        point = {"minutes": round(self.training_seconds / 60, 2), "test_ssim": round(float(np.concatenate(values).mean()), 4)}
+        point = {"minutes": round(self.seconds / 60, 2), "test_ssim": round(float(np.concatenate(values).mean()), 4)}
         self.scores.append(point)
         print(json.dumps(point), flush=True)
 

@@ -67,8 +67,7 @@ def forward_flops(config):
     size = config["image_size"]
     model = VQVAETrainer(**{k: config[k] for k in ("num_codes", "code_dim", "channels", "downsamplings",
                                                    "res_blocks")})
-    encoder = keras.Model(model.encoder.input, model.encoder.output)
-    sized_encoder = keras.models.clone_model(encoder, input_tensors=keras.Input((size, size, 1)))
+    sized_encoder = keras.models.clone_model(model.encoder, input_tensors=keras.Input((size, size, 1)))
     grid = size // 2 ** config["downsamplings"]
     sized_decoder = keras.models.clone_model(model.decoder,
                                              input_tensors=keras.Input((grid, grid, config["code_dim"])))
