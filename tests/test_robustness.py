@@ -55,13 +55,15 @@ def test_killed_and_interrupted_run_resumes_to_the_uninterrupted_result(adni, tm
     code, _, _, seen = interrupt_when(checkpoints / "vqvae" / "state.json", 1, signal.SIGKILL, command("resumed"))
     assert code == -signal.SIGKILL and seen["epochs_done"] == 1 and seen["optimizer_iterations"] == 14
     assert not (tmp_path / "resumed" / "vqvae").exists()  # no export from a killed run
-    # Resume; Ctrl-C once during the prior's epoch 2: it finishes and saves that epoch, then stops.
+    # Resume; Ctrl-C once during the prior's epoch 2: it finishes and saves the epoch in progress, then stops.
     code, _, stderr, seen = interrupt_when(checkpoints / "prior" / "state.json", 1, signal.SIGINT,
                                            command("resumed", "--resume"))
     assert code == 130, stderr[-3000:]
     assert "--resume" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
     prior_state = json.loads((checkpoints / "prior" / "state.json").read_text())
-    assert prior_state["epochs_done"] == 2 and prior_state["optimizer_iterations"] == 2 * 14
+    # Epoch 2 as a rule; epoch 1 when the signal lands while epoch 1's end-of-epoch callbacks still run.
+    assert prior_state["epochs_done"] in (1, 2)
+    assert prior_state["optimizer_iterations"] == prior_state["epochs_done"] * 14
     assert not (tmp_path / "resumed" / "vqvae").exists()
     # Resume again: it finishes both stages with the optimizer's step count continued.
     finished = run(command("resumed", "--resume"))
