@@ -9,6 +9,7 @@ on the same machine. Images are random: the step's cost does not depend on the p
 
     python benchmarks/train_speed.py                    # default (128 px, batch 16) and full size (256 px, batch 32)
     python benchmarks/train_speed.py --configs default --steps 40
+    python benchmarks/train_speed.py --configs default --layers     # and each convolution's ms and GFLOP/s
 """
 
 import argparse
@@ -50,37 +51,78 @@ def matmul_gflops(size=2048, repeats=10):
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def conv_forward_flops(model):
-    """Forward FLOPs per image of the Conv2D and Conv2DTranspose layers of a functional model."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, (layers.Conv2D, layers.Conv2DTranspose)):
-            in_shape = layer.input.shape
-            out_shape = layer.output.shape
-            kh, kw = layer.kernel_size
-            spatial = in_shape if isinstance(layer, layers.Conv2DTranspose) else out_shape
-            total += 2 * spatial[1] * spatial[2] * in_shape[-1] * out_shape[-1] * kh * kw
-    return total
+def conv_layers(model):
+    """The Conv2D and Conv2DTranspose layers of a functional model, in order."""
+    return [layer for layer in model.layers if isinstance(layer, (layers.Conv2D, layers.Conv2DTranspose))]
+
+
+def layer_forward_flops(layer):
+    """Forward FLOPs per image of a convolution layer of a model built at a fixed image size."""
+    in_shape, out_shape = layer.input.shape, layer.output.shape
+    kh, kw = layer.kernel_size
+    spatial = in_shape if isinstance(layer, layers.Conv2DTranspose) else out_shape
+    return 2 * spatial[1] * spatial[2] * in_shape[-1] * out_shape[-1] * kh * kw
+
+
+def sized_models(config):
+    """(model, encoder, decoder) of the configuration, the last two rebuilt at its fixed image size."""
+    model = VQVAETrainer(**{k: config[k] for k in ("num_codes", "code_dim", "channels", "downsamplings",
+                                                   "res_blocks")}, seed=0)
+    size = config["image_size"]
+    grid = size // 2 ** config["downsamplings"]
+    encoder = keras.models.clone_model(model.encoder, input_tensors=keras.Input((size, size, 1)))
+    decoder = keras.models.clone_model(model.decoder, input_tensors=keras.Input((grid, grid, config["code_dim"])))
+    return model, encoder, decoder
 
 
 def forward_flops(config):
     """Forward FLOPs per image of encoder, quantiser distances and decoder at the configuration's size."""
-    size = config["image_size"]
-    model = VQVAETrainer(**{k: config[k] for k in ("num_codes", "code_dim", "channels", "downsamplings",
-                                                   "res_blocks")})
-    sized_encoder = keras.models.clone_model(model.encoder, input_tensors=keras.Input((size, size, 1)))
-    grid = size // 2 ** config["downsamplings"]
-    sized_decoder = keras.models.clone_model(model.decoder,
-                                             input_tensors=keras.Input((grid, grid, config["code_dim"])))
+    _, encoder, decoder = sized_models(config)
+    grid = config["image_size"] // 2 ** config["downsamplings"]
     quantizer = 2 * grid * grid * config["code_dim"] * config["num_codes"]
-    return conv_forward_flops(sized_encoder) + quantizer + conv_forward_flops(sized_decoder)
+    return sum(layer_forward_flops(layer) for layer in conv_layers(encoder) + conv_layers(decoder)) + quantizer
+
+
+def layer_seconds(layer, batch, input_gradient, repeats=20):
+    """Seconds of one forward and backward pass of a layer on a batch (the gradient with respect to its
+    input too, unless it is the first layer, as in the training step)."""
+    inputs = tf.random.uniform((batch, *layer.input.shape[1:]))
+
+    @tf.function
+    def forward_backward():
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = layer(inputs)
+        sources = [inputs] * input_gradient + layer.trainable_variables
+        gradients = tape.gradient(outputs, sources, output_gradients=tf.ones_like(outputs))
+        return [tf.reduce_sum(gradient) for gradient in gradients]  # returned, so none is pruned away
+
+    forward_backward()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        forward_backward()[0].numpy()
+    return (time.perf_counter() - start) / repeats
+
+
+def print_layer_profile(name, config):
+    """One JSON line per convolution: its share of the step, milliseconds and GFLOP/s forward + backward."""
+    _, encoder, decoder = sized_models(config)
+    batch = config["batch_size"]
+    for model in (encoder, decoder):
+        for index, layer in enumerate(conv_layers(model)):
+            input_gradient = not (model is encoder and index == 0)
+            seconds = layer_seconds(layer, batch, input_gradient)
+            flops = (2 + input_gradient) * layer_forward_flops(layer) * batch
+            print(json.dumps({"benchmark": "train_speed_layer", "config": name, "layer": f"{model.name}/{layer.name}",
+                              "input": list(layer.input.shape[1:]), "output": list(layer.output.shape[1:]),
+                              "milliseconds_per_batch": round(seconds * 1000, 2),
+                              "gflops": round(flops / seconds / 1e9, 1)}), flush=True)
 
 
 def images_per_second(config, steps, jit):
     """Training images/s of VQVAETrainer.fit steps (after a warm-up epoch that traces the step)."""
     keras.utils.set_random_seed(0)
-    model = VQVAETrainer(**{k: config[k] for k in ("num_codes", "code_dim", "channels", "downsamplings",
-                                                   "res_blocks")}, seed=0)
+    model, _, _ = sized_models(config)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit)
     size, batch = config["image_size"], config["batch_size"]
     images = np.random.default_rng(0).random((batch * 4, size, size, 1)).astype("float32")
@@ -104,6 +146,8 @@ def main():
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per configuration")
     parser.add_argument("--jit", action="store_true", help="compile the step with XLA")
+    parser.add_argument("--layers", action="store_true",
+                        help="also time each convolution alone (forward and backward), one JSON line each")
     args = parser.parse_args()
     roofline = matmul_gflops()
     for name in args.configs:
@@ -118,6 +162,8 @@ def main():
             "train_gflop_per_image": round(3 * forward / 1e9, 3), "achieved_gflops": round(achieved, 1),
             "matmul_gflops": round(roofline, 1), "fraction_of_matmul_roofline": round(achieved / roofline, 3),
             "command": " ".join(["python", "benchmarks/train_speed.py", *sys.argv[1:]])}), flush=True)
+        if args.layers:
+            print_layer_profile(name, config)
 
 
 if __name__ == "__main__":
