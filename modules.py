@@ -209,7 +209,9 @@ def _residual_block(x, channels, hidden, name):
     """ReLU, 3x3 conv, ReLU, 1x1 conv, added to the input (the VQ-VAE paper's block)."""
     h = layers.ReLU(name=f"{name}_relu1")(x)
     h = layers.Conv2D(hidden, 3, padding="same", activation="relu", name=f"{name}_conv3x3")(h)
-    h = layers.Conv2D(channels, 1, name=f"{name}_conv1x1")(h)
+    # No bias before the add: with one, TensorFlow's oneDNN graph rewrite fails on this pattern (it logs
+    # "remapper failed" and leaves the step about 5% slower).
+    h = layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_conv1x1")(h)
     return layers.Add(name=f"{name}_add")([x, h])
 
 
