@@ -252,7 +252,8 @@ def build_decoder(code_dim=32, channels=64, downsamplings=2, res_blocks=2, name=
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class VQVAETrainer(keras.Model):
-    """Encoder, `VectorQuantizer` and decoder, trained end to end on mean squared reconstruction error.
+    """Encoder, `VectorQuantizer` and decoder, trained end to end on mean squared reconstruction error,
+    plus `ssim_weight * (1 - SSIM)` of the reconstructions when `ssim_weight` > 0.
 
     `fit` and `evaluate` take batches of images [N, S, S, 1] in [0, 1] (or (images, labels) pairs, whose
     labels are ignored) and track the loss, its reconstruction and VQ parts, SSIM, PSNR, the codebook's
@@ -260,11 +261,13 @@ class VQVAETrainer(keras.Model):
     """
 
     def __init__(self, num_codes=256, code_dim=32, channels=64, downsamplings=2, res_blocks=2, beta=0.25,
-                 ema_decay=0.99, dead_code_steps=20, seed=None, **kwargs):
+                 ema_decay=0.99, dead_code_steps=20, ssim_weight=0.05, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.hyperparameters = dict(num_codes=num_codes, code_dim=code_dim, channels=channels,
                                     downsamplings=downsamplings, res_blocks=res_blocks, beta=beta,
-                                    ema_decay=ema_decay, dead_code_steps=dead_code_steps, seed=seed)
+                                    ema_decay=ema_decay, dead_code_steps=dead_code_steps,
+                                    ssim_weight=ssim_weight, seed=seed)
+        self.ssim_weight = ssim_weight
         shape = dict(code_dim=code_dim, channels=channels, downsamplings=downsamplings, res_blocks=res_blocks)
         self.encoder = build_encoder(**shape)
         self.decoder = build_decoder(**shape)
@@ -302,18 +305,22 @@ class VQVAETrainer(keras.Model):
         return ops.clip(self(images), 0.0, 1.0)
 
     def _forward(self, images, training):
+        """(clipped reconstructions, code indices, losses) of a batch; the losses are a dict whose "loss" is
+        their total."""
         vectors = self.encoder(images, training=training)
         quantized, indices, vq_loss = self.quantizer.quantize_vectors(vectors, training=training)
-        outputs = self.decoder(quantized, training=training)
-        reconstruction_loss = ops.mean((ops.cast(outputs, "float32") - images) ** 2)
-        return outputs, indices, reconstruction_loss, vq_loss
+        outputs = ops.cast(self.decoder(quantized, training=training), "float32")
+        reconstructions = ops.clip(outputs, 0.0, 1.0)
+        losses = dict(reconstruction_loss=ops.mean((outputs - images) ** 2), vq_loss=vq_loss,
+                      ssim=mean_ssim(images, reconstructions))
+        losses["loss"] = losses["reconstruction_loss"] + vq_loss
+        if self.ssim_weight:
+            losses["loss"] += self.ssim_weight * (1.0 - losses["ssim"])
+        return reconstructions, indices, losses
 
-    def _update_metrics(self, images, outputs, indices, reconstruction_loss, vq_loss):
-        reconstructions = ops.clip(ops.cast(outputs, "float32"), 0.0, 1.0)
+    def _update_metrics(self, images, reconstructions, indices, losses):
         perplexity, codes_used = self.quantizer.code_usage(indices)
-        values = dict(loss=reconstruction_loss + vq_loss, reconstruction_loss=reconstruction_loss,
-                      vq_loss=vq_loss, ssim=mean_ssim(images, reconstructions),
-                      psnr=ops.mean(psnr(images, reconstructions)), perplexity=perplexity,
+        values = dict(**losses, psnr=ops.mean(psnr(images, reconstructions)), perplexity=perplexity,
                       codes_used=codes_used)
         for name, value in values.items():
             self.trackers[name].update_state(value)
@@ -326,20 +333,19 @@ class VQVAETrainer(keras.Model):
     def train_step(self, data):
         images = _images_of(data)
         with tf.GradientTape() as tape:
-            outputs, indices, reconstruction_loss, vq_loss = self._forward(images, training=True)
-            loss = reconstruction_loss + vq_loss
+            reconstructions, indices, losses = self._forward(images, training=True)
             # Replicas' gradients are summed, so each takes its share of the global mean; the loss scale
             # keeps float16 gradients from underflowing under mixed precision (identity otherwise).
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled_loss = self.optimizer.scale_loss(loss / replicas)
+            scaled_loss = self.optimizer.scale_loss(losses["loss"] / replicas)
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        return self._update_metrics(images, outputs, indices, reconstruction_loss, vq_loss)
+        return self._update_metrics(images, reconstructions, indices, losses)
 
     def test_step(self, data):
         images = _images_of(data)
-        outputs, indices, reconstruction_loss, vq_loss = self._forward(images, training=False)
-        return self._update_metrics(images, outputs, indices, reconstruction_loss, vq_loss)
+        reconstructions, indices, losses = self._forward(images, training=False)
+        return self._update_metrics(images, reconstructions, indices, losses)
 
     def get_config(self):
         return {**super().get_config(), **self.hyperparameters}

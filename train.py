@@ -61,6 +61,8 @@ def parse_args(argv=None):
                        help="stride-2 steps; the code grid is S/2^d a side (default: %(default)s)")
     model.add_argument("--res-blocks", type=int, default=2, help="residual blocks in encoder and decoder")
     model.add_argument("--beta", type=float, default=0.25, help="commitment loss weight (default: %(default)s)")
+    model.add_argument("--ssim-weight", type=float, default=0.05,
+                       help="weight of 1 - SSIM added to the squared error (default: %(default)s)")
     model.add_argument("--ema-decay", type=float, default=0.99,
                        help="EMA decay of the codebook; 0 learns it by gradient instead (default: %(default)s)")
     prior = parser.add_argument_group("prior")
@@ -119,6 +121,8 @@ def _check_args(parser, args):
         parser.error(f"--dataset {args.dataset} needs --data PATH")
     if args.max_minutes is not None and args.max_minutes <= 0:
         parser.error(f"--max-minutes {args.max_minutes}: expected a positive number")
+    if args.ssim_weight < 0:
+        parser.error(f"--ssim-weight {args.ssim_weight}: expected a weight >= 0")
     if not 0 <= args.ema_decay < 1:
         parser.error(f"--ema-decay {args.ema_decay}: expected 0 (off) or a value in (0, 1)")
 
@@ -292,7 +296,8 @@ def load_data(args):
 
 # The flags a run's checkpoints depend on: --resume refuses to continue a run that had other values.
 VQVAE_SETTINGS = ("data", "dataset", "image_size", "validation_fraction", "num_codes", "code_dim", "channels",
-                  "downsamplings", "res_blocks", "beta", "ema_decay", "batch_size", "learning_rate", "seed")
+                  "downsamplings", "res_blocks", "beta", "ema_decay", "ssim_weight", "batch_size", "learning_rate",
+                  "seed")
 PRIOR_SETTINGS = ("data", "dataset", "image_size", "validation_fraction", "batch_size", "seed", "prior_channels",
                   "prior_layers", "prior_learning_rate", "unconditional")
 
@@ -392,7 +397,7 @@ def train_vqvae(args, decoded, strategy, jit, writer, extra_callbacks=()):
     with strategy.scope():
         model = VQVAETrainer(num_codes=args.num_codes, code_dim=args.code_dim, channels=args.channels,
                              downsamplings=args.downsamplings, res_blocks=args.res_blocks, beta=args.beta,
-                             ema_decay=args.ema_decay or None, seed=args.seed)
+                             ema_decay=args.ema_decay or None, ssim_weight=args.ssim_weight, seed=args.seed)
         model.compile(optimizer=cosine_adam(args.learning_rate, args.epochs, steps_per_epoch), jit_compile=jit)
         # Images alone, without labels: Keras' fit cannot start on nested batches under multi-worker training
         # (keras-team/keras#20585), and the VQ-VAE has no use for labels.

@@ -45,7 +45,8 @@ class ScoreEveryMinute(train.TrainingClock):
             self.next_score += self.every
 
     def on_train_end(self, logs=None):
-        self.score()
+        if not self.scores or self.scores[-1]["minutes"] < round(self.seconds / 60, 2):
+            self.score()
 
     def score(self):
         reconstruct = tf.function(self.model.reconstruct)
