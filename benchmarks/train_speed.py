@@ -3,8 +3,9 @@ configuration.
 
 FLOPs are counted analytically from the model's layers: a convolution costs 2·H_out·W_out·C_in·C_out·k_h·k_w
 per image forward (a transposed convolution the same with its input size), the quantiser's distance matmul
-2·positions·D·K; a training step costs three times the forward pass (forward, gradient with respect to the
-inputs, gradient with respect to the weights). The roofline is a float32 matmul of 2048×2048 matrices timed
+2·positions·D·K; these cost three times as much in a training step (forward, gradient with respect to the
+inputs, gradient with respect to the weights). The loss's SSIM filters four maps with an 11×11 Gaussian
+(2·121·(S-10)² each), forward and back. The roofline is a float32 matmul of 2048×2048 matrices timed
 on the same machine. Images are random: the step's cost does not depend on the pixels.
 
     python benchmarks/train_speed.py                    # default (128 px, batch 16) and full size (256 px, batch 32)
@@ -33,9 +34,9 @@ from modules import VQVAETrainer  # noqa: E402
 # train.py's defaults, and the full-size configuration the README gives for OASIS and ADNI at 256 x 256.
 CONFIGS = {
     "default": dict(image_size=128, batch_size=16, channels=64, code_dim=32, num_codes=256, downsamplings=2,
-                    res_blocks=2),
+                    res_blocks=2, ssim_weight=0.05),
     "full": dict(image_size=256, batch_size=32, channels=64, code_dim=32, num_codes=256, downsamplings=2,
-                 res_blocks=2),
+                 res_blocks=2, ssim_weight=0.05),
 }
 
 
@@ -67,7 +68,7 @@ def layer_forward_flops(layer):
 def sized_models(config):
     """(model, encoder, decoder) of the configuration, the last two rebuilt at its fixed image size."""
     model = VQVAETrainer(**{k: config[k] for k in ("num_codes", "code_dim", "channels", "downsamplings",
-                                                   "res_blocks")}, seed=0)
+                                                   "res_blocks", "ssim_weight")}, seed=0)
     size = config["image_size"]
     grid = size // 2 ** config["downsamplings"]
     encoder = keras.models.clone_model(model.encoder, input_tensors=keras.Input((size, size, 1)))
@@ -75,12 +76,15 @@ def sized_models(config):
     return model, encoder, decoder
 
 
-def forward_flops(config):
-    """Forward FLOPs per image of encoder, quantiser distances and decoder at the configuration's size."""
+def train_flops(config):
+    """FLOPs per image of a training step: encoder, quantiser distances, decoder and the loss's SSIM."""
     _, encoder, decoder = sized_models(config)
-    grid = config["image_size"] // 2 ** config["downsamplings"]
+    size = config["image_size"]
+    grid = size // 2 ** config["downsamplings"]
     quantizer = 2 * grid * grid * config["code_dim"] * config["num_codes"]
-    return sum(layer_forward_flops(layer) for layer in conv_layers(encoder) + conv_layers(decoder)) + quantizer
+    convolutions = sum(layer_forward_flops(layer) for layer in conv_layers(encoder) + conv_layers(decoder))
+    ssim_filters = 4 * 2 * 11 * 11 * (size - 10) ** 2
+    return 3 * (convolutions + quantizer) + (2 if config["ssim_weight"] else 1) * ssim_filters
 
 
 def layer_seconds(layer, batch, input_gradient, repeats=20):
@@ -105,7 +109,7 @@ def layer_seconds(layer, batch, input_gradient, repeats=20):
 
 
 def print_layer_profile(name, config):
-    """One JSON line per convolution: its share of the step, milliseconds and GFLOP/s forward + backward."""
+    """One JSON line per convolution: its milliseconds and GFLOP/s forward + backward on one batch."""
     _, encoder, decoder = sized_models(config)
     batch = config["batch_size"]
     for model in (encoder, decoder):
@@ -152,14 +156,14 @@ def main():
     roofline = matmul_gflops()
     for name in args.configs:
         config = CONFIGS[name]
-        forward = forward_flops(config)
+        flops = train_flops(config)
         speed = images_per_second(config, args.steps, args.jit)
-        achieved = 3 * forward * speed / 1e9
+        achieved = flops * speed / 1e9
         print(json.dumps({
             "benchmark": "train_speed", "config": name, **config, "jit": args.jit,
             "device": "GPU" if tf.config.list_physical_devices("GPU") else f"CPU x{os.cpu_count()}",
-            "images_per_second": round(speed, 1), "forward_gflop_per_image": round(forward / 1e9, 3),
-            "train_gflop_per_image": round(3 * forward / 1e9, 3), "achieved_gflops": round(achieved, 1),
+            "images_per_second": round(speed, 1), "train_gflop_per_image": round(flops / 1e9, 3),
+            "achieved_gflops": round(achieved, 1),
             "matmul_gflops": round(roofline, 1), "fraction_of_matmul_roofline": round(achieved / roofline, 3),
             "command": " ".join(["python", "benchmarks/train_speed.py", *sys.argv[1:]])}), flush=True)
         if args.layers:

@@ -1,9 +1,10 @@
-"""The project's SSIM and PSNR against scikit-image's, computed independently."""
+"""The project's SSIM and PSNR, and the VQ-VAE's loss that uses them, against scikit-image and numpy."""
 
+import keras
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from modules import mean_ssim, psnr, ssim
+from modules import VQVAETrainer, mean_ssim, psnr, ssim
 
 
 def test_ssim_and_psnr_equal_scikit_image():
@@ -28,3 +29,23 @@ def test_mean_ssim_equals_the_mean_of_per_image_ssim():
     assert per_image.std() > 1e-3  # the images differ, so a mean of the wrong images would show
     np.testing.assert_allclose(mean_ssim(clean, noisy).numpy(), per_image.mean(), rtol=1e-5)
     np.testing.assert_allclose(mean_ssim(clean[1:3], noisy[1:3]).numpy(), per_image[1:3].mean(), rtol=1e-5)
+
+
+def test_vqvae_loss_is_squared_error_plus_vq_loss_plus_weighted_one_minus_ssim():
+    keras.utils.set_random_seed(3)
+    model = VQVAETrainer(num_codes=16, code_dim=8, channels=16, res_blocks=1, ssim_weight=0.5, seed=3)
+    model.compile(optimizer="adam")
+    rng = np.random.default_rng(3)
+    images = np.clip(rng.random((4, 32, 32, 1)) * np.linspace(0, 1, 32)[None, :, None, None], 0, 1).astype("float32")
+    model.fit(images, batch_size=4, epochs=1, verbose=0)  # initialises the codebook from the data
+    results = model.evaluate(images, batch_size=4, verbose=0, return_dict=True)
+    outputs = model(images).numpy()
+    reconstructions = np.clip(outputs, 0, 1)
+    reference_ssim = np.mean([structural_similarity(images[i, ..., 0], reconstructions[i, ..., 0], data_range=1.0,
+                                                    gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+                              for i in range(4)])
+    np.testing.assert_allclose(results["reconstruction_loss"], np.mean((outputs - images) ** 2), rtol=1e-4)
+    np.testing.assert_allclose(results["ssim"], reference_ssim, atol=1e-3)
+    assert 0.0 < results["ssim"] < 0.99 and results["vq_loss"] > 0
+    expected = results["reconstruction_loss"] + results["vq_loss"] + 0.5 * (1 - results["ssim"])
+    np.testing.assert_allclose(results["loss"], expected, rtol=1e-5)

@@ -145,6 +145,7 @@ def test_predict_bad_input_gives_one_line(trained, tmp_path, args, message):
 @pytest.mark.parametrize("args, message", [
     (["--data", "/no/such/folder"], "/no/such/folder"),
     (["--image-size", "30"], "--image-size"),
+    (["--ssim-weight", "-1"], "--ssim-weight -1.0: expected a weight >= 0"),
     (["--dataset", "oasis"], "--dataset oasis needs --data"),
     (["--stage", "prior"], "--stage prior: no trained VQ-VAE"),
 ])
