@@ -256,7 +256,7 @@ class VQVAETrainer(keras.Model):
     plus `ssim_weight * (1 - SSIM)` of the reconstructions when `ssim_weight` > 0.
 
     `fit` and `evaluate` take batches of images [N, S, S, 1] in [0, 1] (or (images, labels) pairs, whose
-    labels are ignored) and track the loss, its reconstruction and VQ parts, SSIM, PSNR, the codebook's
+    labels are ignored) and track the loss, its reconstruction and VQ parts, MSE, SSIM, PSNR, the codebook's
     perplexity and the fraction of codes in use.
     """
 
@@ -274,7 +274,7 @@ class VQVAETrainer(keras.Model):
         self.quantizer = VectorQuantizer(num_codes, code_dim, beta=beta, ema_decay=ema_decay,
                                          dead_code_steps=dead_code_steps, seed=seed, name="vector_quantizer")
         self.quantizer.build((None, code_dim))
-        names = ["loss", "reconstruction_loss", "vq_loss", "ssim", "psnr", "perplexity", "codes_used"]
+        names = ["loss", "reconstruction_loss", "vq_loss", "mse", "ssim", "psnr", "perplexity", "codes_used"]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.built = True  # all state exists: the encoder and decoder are functional, the quantizer is built
 
@@ -311,11 +311,11 @@ class VQVAETrainer(keras.Model):
         quantized, indices, vq_loss = self.quantizer.quantize_vectors(vectors, training=training)
         outputs = ops.cast(self.decoder(quantized, training=training), "float32")
         reconstructions = ops.clip(outputs, 0.0, 1.0)
-        losses = dict(reconstruction_loss=ops.mean((outputs - images) ** 2), vq_loss=vq_loss,
-                      ssim=mean_ssim(images, reconstructions))
-        losses["loss"] = losses["reconstruction_loss"] + vq_loss
+        losses = dict(mse=ops.mean((outputs - images) ** 2), ssim=mean_ssim(images, reconstructions), vq_loss=vq_loss)
+        losses["reconstruction_loss"] = losses["mse"]
         if self.ssim_weight:
-            losses["loss"] += self.ssim_weight * (1.0 - losses["ssim"])
+            losses["reconstruction_loss"] += self.ssim_weight * (1.0 - losses["ssim"])
+        losses["loss"] = losses["reconstruction_loss"] + vq_loss
         return reconstructions, indices, losses
 
     def _update_metrics(self, images, reconstructions, indices, losses):

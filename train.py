@@ -6,7 +6,7 @@
 
 Outputs: the SavedModel at --out (with model.keras, prior.keras, config.json, metrics.json and
 training_curves.png inside it), per-epoch checkpoints in --out_checkpoints/{vqvae,prior}/ (the latest
-and the best by validation loss), and TensorBoard logs under --logdir/vqvae and --logdir/prior
+and the best by validation reconstruction loss), and TensorBoard logs under --logdir/vqvae and --logdir/prior
 (`tensorboard --logdir logs`).
 
 Interrupted runs (a kill, Ctrl-C, a job time limit, --max-minutes) continue from their last completed
@@ -184,16 +184,17 @@ class EpochCheckpoints(keras.callbacks.Callback):
     """After every epoch, save the training state so that --resume loses at most the epoch in progress.
 
     The folder holds `epoch-NNNN.weights.h5` files (weights, codebook and optimizer state after epoch N) for
-    the latest and the best epoch by validation loss, and `state.json`, which names them: each file is
+    the latest and the best epoch by the logged value `monitor` (lowest), and `state.json`, which names them: each file is
     written under a temporary name and renamed, and state.json is replaced only once the files it names are
     complete, so a kill at any moment leaves the previous or the new state, never a mix.
     """
 
-    def __init__(self, folder, state, clock):
+    def __init__(self, folder, state, clock, monitor):
         super().__init__()
         self.folder = Path(folder)
         self.state = state
         self.clock = clock
+        self.monitor = monitor
 
     def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite(logs.get("loss", math.nan)):
@@ -202,9 +203,9 @@ class EpochCheckpoints(keras.callbacks.Callback):
         state = self.state
         state.update(epochs_done=epoch + 1, latest=latest, train_seconds=self.clock.seconds,
                      train_steps=self.clock.steps, optimizer_iterations=int(self.model.optimizer.iterations.numpy()))
-        val_loss = logs.get("val_loss", math.nan)
-        if state.get("best_val_loss") is None or val_loss < state["best_val_loss"]:
-            state.update(best=latest, best_val_loss=val_loss, best_epoch=epoch + 1)
+        score = logs.get(self.monitor, math.nan)
+        if state.get("best_score") is None or score < state["best_score"]:
+            state.update(best=latest, best_score=score, best_epoch=epoch + 1, monitor=self.monitor)
         tmp = self.folder / f"tmp-{os.getpid()}.weights.h5"
         self.model.save_weights(tmp)
         os.replace(tmp, self.folder / latest)
@@ -331,7 +332,9 @@ def fit(model, stage, train, validate, steps_per_epoch, epochs, state, args, wri
     """model.fit of one stage ("vqvae" or "prior") from the state's epoch on, with checkpoints every epoch,
     TensorBoard, and stops on NaN, on signals and at the time limit.
 
-    Restores the best weights by validation loss at the end; returns the TrainingClock.
+    Restores the best weights at the end, by the validation reconstruction loss for the VQ-VAE (its VQ
+    commitment loss grows with the encoder's output scale and says nothing of quality) and by the validation
+    loss for the prior; returns the TrainingClock.
     Raises KeyboardInterrupt after a Ctrl-C (the last completed epoch is saved).
     """
     folder, logdir = Path(f"{args.out}_checkpoints") / stage, Path(args.logdir) / stage
@@ -342,7 +345,8 @@ def fit(model, stage, train, validate, steps_per_epoch, epochs, state, args, wri
     save_folder = folder if writer else Path(tempfile.mkdtemp(prefix="brain_vqvae_worker_checkpoints_"))
     clock = TrainingClock(args.max_minutes, state.get("train_seconds", 0.0), state.get("train_steps", 0))
     stop = StopOnSignal()
-    callbacks = [EpochCheckpoints(save_folder, state, clock),
+    monitor = "val_reconstruction_loss" if stage == "vqvae" else "val_loss"
+    callbacks = [EpochCheckpoints(save_folder, state, clock, monitor),
                  keras.callbacks.TensorBoard(str(logdir), write_graph=False), *extra_callbacks,
                  keras.callbacks.TerminateOnNaN(), clock, stop]
     if state["epochs_done"] < epochs:

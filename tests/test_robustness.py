@@ -141,3 +141,24 @@ def test_skip_bad_skips_and_counts_unreadable_files(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Skipped 1 unreadable image files (--skip-bad)" in result.stdout
     assert (tmp_path / "out" / "saved_model.pb").exists()
+
+
+def test_best_vqvae_checkpoint_is_chosen_by_validation_reconstruction_loss_not_total_loss(tmp_path):
+    import keras
+
+    from train import EpochCheckpoints, TrainingClock
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    state = {"epochs_done": 0}
+    checkpoints = EpochCheckpoints(tmp_path, state, TrainingClock(), "val_reconstruction_loss")
+    checkpoints.set_model(model)
+    # The total loss keeps falling while the reconstruction loss is lowest after epoch 2.
+    for epoch, (val_loss, val_reconstruction_loss) in enumerate([(3.0, 0.9), (2.0, 0.5), (1.0, 0.7)]):
+        checkpoints.on_epoch_end(epoch, {"loss": 1.0, "val_loss": val_loss,
+                                         "val_reconstruction_loss": val_reconstruction_loss})
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["best"] == "epoch-0002.weights.h5" and saved["best_epoch"] == 2 and saved["latest"] == "epoch-0003.weights.h5"
+    assert sorted(path.name for path in tmp_path.glob("epoch-*.weights.h5")) == ["epoch-0002.weights.h5",
+                                                                               "epoch-0003.weights.h5"]

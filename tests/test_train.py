@@ -246,3 +246,10 @@ def test_stage_prior_trains_an_unconditional_prior_that_rejects_labels(trained, 
     assert not (tmp_path / "p").exists()
     unlabelled = run([sys.executable, "predict.py", "--model", str(copy), "--out", str(tmp_path / "p"), "--n", "2"])
     assert unlabelled.returncode == 0 and len(list((tmp_path / "p").glob("sample_*.png"))) == 3
+
+
+def test_best_checkpoints_are_chosen_by_reconstruction_loss_for_the_vqvae_and_nll_for_the_prior(trained):
+    out, _, _, _ = trained
+    for stage, monitor in (("vqvae", "val_reconstruction_loss"), ("prior", "val_loss")):
+        state = json.loads((out.parent / f"{out.name}_checkpoints" / stage / "state.json").read_text())
+        assert state["monitor"] == monitor and state["best"].startswith("epoch-")
