@@ -74,7 +74,8 @@ class VectorQuantizer(layers.Layer):
         self.codebook = self.add_weight(shape=shape, initializer="random_uniform", trainable=not use_ema,
                                         dtype="float32", name="codebook", aggregation="only_first_replica")
         self.ema_cluster_size = self.add_weight(shape=(self.num_codes,), initializer="zeros", trainable=False,
-                                                dtype="float32", name="ema_cluster_size", aggregation="only_first_replica")
+                                                dtype="float32", name="ema_cluster_size",
+                                                aggregation="only_first_replica")
         self.ema_code_sum = self.add_weight(shape=shape, initializer="zeros", trainable=False,
                                             dtype="float32", name="ema_code_sum", aggregation="only_first_replica")
         self.steps_unused = self.add_weight(shape=(self.num_codes,), initializer="zeros", trainable=False,

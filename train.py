@@ -184,7 +184,7 @@ class EpochCheckpoints(keras.callbacks.Callback):
     """After every epoch, save the training state so that --resume loses at most the epoch in progress.
 
     The folder holds `epoch-NNNN.weights.h5` files (weights, codebook and optimizer state after epoch N) for
-    the latest and the best epoch by the logged value `monitor` (lowest), and `state.json`, which names them: each file is
+    the latest epoch and the best (lowest logged `monitor`), and `state.json`, which names them: each file is
     written under a temporary name and renamed, and state.json is replaced only once the files it names are
     complete, so a kill at any moment leaves the previous or the new state, never a mix.
     """
@@ -546,7 +546,8 @@ def report(args, metrics):
     endpoints = "encode, decode, reconstruct" + (", sample, prior_logits, log_prob"
                                                  if "prior_validation_bits_per_code" in metrics else "")
     print(f"SavedModel:  {out}  (tf.saved_model.load; {endpoints})")
-    print(f"Keras:       {out / 'model.keras'}" + (f", {out / 'prior.keras'}" if (out / "prior.keras").exists() else ""))
+    prior = f", {out / 'prior.keras'}" if (out / "prior.keras").exists() else ""
+    print(f"Keras:       {out / 'model.keras'}{prior}")
     print(f"Config:      {out / 'config.json'}")
     print(f"Metrics:     {out / 'metrics.json'}")
     print(f"Curves:      {out / 'training_curves.png'}")

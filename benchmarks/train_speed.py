@@ -117,8 +117,9 @@ def print_layer_profile(name, config):
             input_gradient = not (model is encoder and index == 0)
             seconds = layer_seconds(layer, batch, input_gradient)
             flops = (2 + input_gradient) * layer_forward_flops(layer) * batch
-            print(json.dumps({"benchmark": "train_speed_layer", "config": name, "layer": f"{model.name}/{layer.name}",
-                              "input": list(layer.input.shape[1:]), "output": list(layer.output.shape[1:]),
+            print(json.dumps({"benchmark": "train_speed_layer", "config": name,
+                              "layer": f"{model.name}/{layer.name}", "input": list(layer.input.shape[1:]),
+                              "output": list(layer.output.shape[1:]),
                               "milliseconds_per_batch": round(seconds * 1000, 2),
                               "gflops": round(flops / seconds / 1e9, 1)}), flush=True)
 
@@ -140,7 +141,8 @@ def images_per_second(config, steps, jit):
             self.seconds = time.perf_counter() - self.start
 
     timer = Timer()
-    model.fit(data, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # warm-up: tracing, first-batch codebook init
+    # Warm-up: tracing, and the codebook's initialisation from the first batch.
+    model.fit(data, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)
     model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
     return steps * batch / timer.seconds
 

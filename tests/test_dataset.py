@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 import dataset
@@ -147,3 +148,16 @@ def test_demo_builds_offline_deterministically_in_oasis_layout(tmp_path, monkeyp
     # Two subjects differ: the cohort is not one image copied.
     a, b = (images_of(source.splits[s], 32)[0] for s in ("validate", "test"))
     assert np.abs(a.mean(0) - b.mean(0)).mean() > 0.01
+
+
+def test_epochs_of_batches_reshuffles_each_epoch_and_a_resumed_stream_continues_it():
+    numbers = tf.data.Dataset.range(10)
+    full = [batch.numpy().tolist() for batch in dataset.epochs_of_batches(numbers, 3, seed=5, first_epoch=0,
+                                                                          last_epoch=3)]
+    assert len(full) == 9  # three full batches of 3 per epoch; the 10th element of each epoch is dropped
+    epochs = [sum(full[i:i + 3], []) for i in (0, 3, 6)]
+    assert all(len(set(epoch)) == 9 and set(epoch) <= set(range(10)) for epoch in epochs)
+    assert epochs[0] != epochs[1] != epochs[2]
+    resumed = [batch.numpy().tolist() for batch in dataset.epochs_of_batches(numbers, 3, seed=5, first_epoch=1,
+                                                                             last_epoch=3)]
+    assert resumed == full[3:]

@@ -65,7 +65,6 @@ def test_mirrored_over_two_cpu_devices_matches_one_device():
     result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(ROOT)], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    import json
     runs = json.loads(result.stdout.strip().splitlines()[-1])
     single, mirrored = runs["single"], runs["mirrored"]
     assert single["replicas"] == 1 and mirrored["replicas"] == 2

@@ -6,11 +6,13 @@ import subprocess
 import sys
 import time
 
+import keras
 import pytest
 from PIL import Image
 
 from conftest import ROOT, write_adni
 from test_train import run
+from train import EpochCheckpoints, TrainingClock
 
 TINY = ["--image-size", "32", "--epochs", "3", "--batch-size", "8", "--channels", "16", "--code-dim", "8",
         "--num-codes", "16", "--res-blocks", "1", "--prior-epochs", "3", "--prior-channels", "8",
@@ -144,10 +146,6 @@ def test_skip_bad_skips_and_counts_unreadable_files(tmp_path):
 
 
 def test_best_vqvae_checkpoint_is_chosen_by_validation_reconstruction_loss_not_total_loss(tmp_path):
-    import keras
-
-    from train import EpochCheckpoints, TrainingClock
-
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
     model.optimizer.build(model.trainable_variables)
@@ -159,6 +157,7 @@ def test_best_vqvae_checkpoint_is_chosen_by_validation_reconstruction_loss_not_t
         checkpoints.on_epoch_end(epoch, {"loss": 1.0, "val_loss": val_loss,
                                          "val_reconstruction_loss": val_reconstruction_loss})
     saved = json.loads((tmp_path / "state.json").read_text())
-    assert saved["best"] == "epoch-0002.weights.h5" and saved["best_epoch"] == 2 and saved["latest"] == "epoch-0003.weights.h5"
+    assert saved["best"] == "epoch-0002.weights.h5" and saved["best_epoch"] == 2
+    assert saved["latest"] == "epoch-0003.weights.h5"
     assert sorted(path.name for path in tmp_path.glob("epoch-*.weights.h5")) == ["epoch-0002.weights.h5",
                                                                                "epoch-0003.weights.h5"]
