@@ -292,7 +292,8 @@ def build_demo(cache_dir=None, seed=0, subjects=(12, 2, 2), slice_step=2, size=2
     z, and intensity changes (gamma, a smooth bias field, Rician noise). Subjects, not slices, are assigned to
     train/validate/test in the counts `subjects`. The result is deterministic for a seed.
     """
-    root = Path(cache_dir or default_cache_dir()) / f"demo_v2_seed{seed}_{'-'.join(map(str, subjects))}_{slice_step}_{size}"
+    name = f"demo_v2_seed{seed}_{'-'.join(map(str, subjects))}_{slice_step}_{size}"
+    root = Path(cache_dir or default_cache_dir()) / name
     if (root / "complete").exists():
         return str(root)
     volume = _mni_template()

@@ -5,37 +5,21 @@ its nearest entry in a learnt codebook of K codes, and the decoder maps the grid
 `VQVAETrainer` owns the three parts and trains them with its own `train_step`.
 """
 
+import collections
 import math
+import random
 
 import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from metrics import mean_ssim, perplexity, psnr
+
 PACKAGE = "brain_vqvae"
 
-
-def ssim(images, reconstructions):
-    """Per-image SSIM of images in [0, 1] (Gaussian window 11, sigma 1.5, as in Wang et al. 2004)."""
-    return tf.image.ssim(images, reconstructions, max_val=1.0)
-
-
-def mean_ssim(images, reconstructions):
-    """Mean SSIM of a batch of images [N, H, W, C] in [0, 1]: equal to the mean of `ssim` over the batch.
-
-    tf.image.ssim filters each channel with a depthwise convolution, which TensorFlow's CPU kernel runs
-    about 15 times faster on one image of N channels than on N images of one channel; so the batch is laid
-    along the channel axis, over which tf.image.ssim averages.
-    """
-    def batch_as_channels(x):
-        shape = tf.shape(x)
-        return tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, shape[1], shape[2], shape[0] * shape[3]])
-
-    return tf.image.ssim(batch_as_channels(images), batch_as_channels(reconstructions), max_val=1.0)[0]
-
-
-def psnr(images, reconstructions):
-    """Per-image PSNR in dB of images in [0, 1]."""
-    return tf.image.psnr(images, reconstructions, max_val=1.0)
+Quantized = collections.namedtuple("Quantized", ["vectors", "indices", "loss"])
+Quantized.__doc__ = """What `VectorQuantizer.quantize_vectors` returns: the quantised vectors (straight-through gradients),
+their code indices [...] and the VQ loss."""
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -43,12 +27,13 @@ class VectorQuantizer(layers.Layer):
     """Nearest-neighbour quantisation of vectors to a learnt codebook (van den Oord et al. 2017).
 
     The last axis of the input holds vectors of size `code_dim`. Each is replaced by its nearest code under
-    squared L2 distance; gradients pass straight through to the encoder. The layer adds
-    `beta * commitment_loss` to its losses and, when the codebook is learnt by gradient (`ema_decay=None`),
-    the codebook loss too. With `ema_decay` set, codes are instead moving averages of the vectors assigned to
-    them (with Laplace smoothing), and a code left unused for `dead_code_steps` training steps is restarted
-    at a random encoder output from the current batch. The codebook is initialised the same way on the first
-    training batch, so no code starts far from the data.
+    squared L2 distance; gradients pass straight through to the encoder. Calling the layer returns the
+    quantised vectors and their code indices, and adds `beta * commitment_loss` to its losses and, when the
+    codebook is learnt by gradient (`ema_decay` 0 or None), the codebook loss too. With `ema_decay` set,
+    codes are instead moving averages of the vectors assigned to them (with Laplace smoothing), and a code
+    left unused for `dead_code_steps` training steps is restarted at a random encoder output from the
+    current batch. The codebook is initialised the same way on the first training batch, so no code starts
+    far from the data.
     """
 
     def __init__(self, num_codes=256, code_dim=32, beta=0.25, ema_decay=0.99, epsilon=1e-5,
@@ -63,15 +48,15 @@ class VectorQuantizer(layers.Layer):
         self.epsilon = epsilon
         self.dead_code_steps = dead_code_steps
         # Restarts draw with stateless seeds (seed, step), so a resumed run draws what an uninterrupted one would.
-        self.seed = seed if seed is not None else int(tf.random.uniform((), 0, 2**31 - 1, tf.int64))
+        # Python's generator, which keras.utils.set_random_seed seeds, picks one where none is given.
+        self.seed = seed if seed is not None else random.randrange(2**31 - 1)
 
     def build(self, input_shape):
         # Every replica assigns the same (all-reduced) values to the state below; replica 0's write is kept.
         if input_shape[-1] != self.code_dim:
             raise ValueError(f"VectorQuantizer expects vectors of size {self.code_dim}, got {input_shape[-1]}")
-        use_ema = self.ema_decay is not None
         shape = (self.num_codes, self.code_dim)
-        self.codebook = self.add_weight(shape=shape, initializer="random_uniform", trainable=not use_ema,
+        self.codebook = self.add_weight(shape=shape, initializer="random_uniform", trainable=not self.uses_ema,
                                         dtype="float32", name="codebook", aggregation="only_first_replica")
         self.ema_cluster_size = self.add_weight(shape=(self.num_codes,), initializer="zeros", trainable=False,
                                                 dtype="float32", name="ema_cluster_size",
@@ -85,6 +70,11 @@ class VectorQuantizer(layers.Layer):
         self.training_steps = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="int32",
                                               name="training_steps", aggregation="only_first_replica")
 
+    @property
+    def uses_ema(self):
+        """Whether the codebook follows moving averages (else it is learnt by gradient)."""
+        return bool(self.ema_decay)
+
     def nearest_codes(self, flat_inputs):
         """Index of the nearest code for each row of `flat_inputs` [N, D], by squared L2 in one matmul."""
         distances = (ops.sum(flat_inputs ** 2, axis=1, keepdims=True)
@@ -96,20 +86,21 @@ class VectorQuantizer(layers.Layer):
         """Code vectors for an integer array of code indices: shape [..., D]."""
         return ops.take(self.codebook, indices, axis=0)
 
-    def call(self, inputs, training=None, return_indices=False):
-        quantized, indices, loss = self.quantize_vectors(inputs, training=training)
-        self.add_loss(loss)
-        return (quantized, indices) if return_indices else quantized
+    def call(self, inputs, training=None):
+        """(quantized vectors, code indices) of `inputs`; the VQ loss goes to the layer's losses."""
+        quantized = self.quantize_vectors(inputs, training=training)
+        self.add_loss(quantized.loss)
+        return quantized.vectors, quantized.indices
 
     def quantize_vectors(self, inputs, training=False):
-        """(quantized vectors with straight-through gradients, code indices [...], VQ loss) of `inputs`.
+        """`Quantized` vectors, indices and VQ loss of `inputs`; updates the EMA codebook when training.
 
-        Updates the EMA codebook when training. `call` adds the loss to the layer's losses; a trainer under
-        tf.distribute uses the returned loss instead, since replicas share the layer's loss list.
+        A trainer under tf.distribute uses the returned loss rather than the layer's losses, which replicas
+        share.
         """
         inputs = ops.cast(inputs, "float32")
         flat = ops.reshape(inputs, (-1, self.code_dim))
-        use_ema = training and self.ema_decay is not None
+        use_ema = training and self.uses_ema
         if use_ema:
             candidates = self._restart_candidates(flat)
             uninitialized = ops.broadcast_to(self.initialized <= 0, (self.num_codes,))
@@ -121,10 +112,10 @@ class VectorQuantizer(layers.Layer):
         quantized = ops.reshape(self.lookup(indices), ops.shape(inputs))
         commitment_loss = ops.mean((inputs - ops.stop_gradient(quantized)) ** 2)
         loss = self.beta * commitment_loss
-        if self.ema_decay is None:
+        if not self.uses_ema:
             loss = loss + ops.mean((ops.stop_gradient(inputs) - quantized) ** 2)
         quantized = inputs + ops.stop_gradient(quantized - inputs)  # straight-through estimator
-        return quantized, ops.reshape(indices, ops.shape(inputs)[:-1]), loss
+        return Quantized(quantized, ops.reshape(indices, ops.shape(inputs)[:-1]), loss)
 
     def _ema_update(self, flat, indices, candidates):
         """One EMA step of the codebook towards the mean of the vectors assigned to each code, then a
@@ -167,9 +158,7 @@ class VectorQuantizer(layers.Layer):
     def code_usage(self, indices):
         """(perplexity, fraction of the K codes used) of a batch of code indices."""
         counts = self._counts(ops.reshape(indices, (-1,)))
-        probs = counts / ops.sum(counts)
-        entropy = -ops.sum(probs * ops.log(ops.maximum(probs, 1e-12)))
-        return ops.exp(entropy), ops.mean(ops.cast(counts > 0, "float32"))
+        return perplexity(counts), ops.mean(ops.cast(counts > 0, "float32"))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -178,15 +167,6 @@ class VectorQuantizer(layers.Layer):
         return {**super().get_config(), "num_codes": self.num_codes, "code_dim": self.code_dim,
                 "beta": self.beta, "ema_decay": self.ema_decay, "epsilon": self.epsilon,
                 "dead_code_steps": self.dead_code_steps, "seed": self.seed}
-
-
-def _in_multi_worker_run():
-    """Whether this step runs under a MultiWorkerMirroredStrategy with more than one worker."""
-    strategy = tf.distribute.get_strategy()
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return False
-    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
-    return sum(len(tasks) for tasks in cluster.values()) > 1
 
 
 def _sum_over_replicas(*tensors):
@@ -258,17 +238,21 @@ class VQVAETrainer(keras.Model):
 
     `fit` and `evaluate` take batches of images [N, S, S, 1] in [0, 1] (or (images, labels) pairs, whose
     labels are ignored) and track the loss, its reconstruction and VQ parts, MSE, SSIM, PSNR, the codebook's
-    perplexity and the fraction of codes in use.
+    perplexity and the fraction of codes in use. The codebook's settings (num_codes, beta, ema_decay,
+    dead_code_steps, seed) are the quantizer's and read from it.
     """
 
     def __init__(self, num_codes=256, code_dim=32, channels=64, downsamplings=2, res_blocks=2, beta=0.25,
                  ema_decay=0.99, dead_code_steps=20, ssim_weight=0.05, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.hyperparameters = dict(num_codes=num_codes, code_dim=code_dim, channels=channels,
-                                    downsamplings=downsamplings, res_blocks=res_blocks, beta=beta,
-                                    ema_decay=ema_decay, dead_code_steps=dead_code_steps,
-                                    ssim_weight=ssim_weight, seed=seed)
+        self.code_dim = code_dim
+        self.channels = channels
+        self.downsamplings = downsamplings
+        self.res_blocks = res_blocks
         self.ssim_weight = ssim_weight
+        # Keras 3 averages a multi-worker run's logs over a batch axis that scalars lack (keras-team/keras#20585);
+        # the code that sets up such a run turns this on.
+        self.logs_with_batch_axis = False
         shape = dict(code_dim=code_dim, channels=channels, downsamplings=downsamplings, res_blocks=res_blocks)
         self.encoder = build_encoder(**shape)
         self.decoder = build_decoder(**shape)
@@ -282,19 +266,19 @@ class VQVAETrainer(keras.Model):
     @property
     def downsampling_factor(self):
         """How many pixels one code spans along each side."""
-        return 2 ** self.hyperparameters["downsamplings"]
+        return 2 ** self.downsamplings
 
     @property
     def metrics(self):
         return list(self.trackers.values())
 
     def call(self, images, training=False):
-        vectors = self.encoder(images, training=training)
-        return self.decoder(self.quantizer(vectors, training=training), training=training)
+        quantized, _ = self.quantizer(self.encoder(images, training=training), training=training)
+        return self.decoder(quantized, training=training)
 
     def encode(self, images):
         """Images [N, S, S, 1] -> int32 code indices [N, S/f, S/f]."""
-        _, indices = self.quantizer(self.encoder(images), return_indices=True)
+        _, indices = self.quantizer(self.encoder(images))
         return indices
 
     def decode(self, indices):
@@ -326,8 +310,7 @@ class VQVAETrainer(keras.Model):
         for name, value in values.items():
             self.trackers[name].update_state(value)
         results = {name: tracker.result() for name, tracker in self.trackers.items()}
-        if _in_multi_worker_run():
-            # Keras 3 averages a multi-worker run's logs over axis 0, which scalars lack (keras-team/keras#20585).
+        if self.logs_with_batch_axis:
             results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
         return results
 
@@ -349,7 +332,12 @@ class VQVAETrainer(keras.Model):
         return self._update_metrics(images, reconstructions, indices, losses)
 
     def get_config(self):
-        return {**super().get_config(), **self.hyperparameters}
+        quantizer = self.quantizer
+        return {**super().get_config(), "num_codes": quantizer.num_codes, "code_dim": self.code_dim,
+                "channels": self.channels, "downsamplings": self.downsamplings, "res_blocks": self.res_blocks,
+                "beta": quantizer.beta, "ema_decay": quantizer.ema_decay,
+                "dead_code_steps": quantizer.dead_code_steps, "ssim_weight": self.ssim_weight,
+                "seed": quantizer.seed}
 
 
 def _images_of(data):
@@ -508,8 +496,9 @@ class GatedPixelCNN(keras.Model):
         """Draw `n` code grids by ancestral sampling in raster order; int32 [n, G, G].
 
         `fast` computes the vertical stack once per row (on the rows so far), then only the current row's
-        horizontal stack per position; otherwise every position recomputes the whole network. Both draw the same codes for the
-        same seed, since position p draws with the stateless seed (seed, p). Wrap in tf.function to compile.
+        horizontal stack per position; otherwise every position recomputes the whole network. Both draw the
+        same codes for the same seed, since position p draws with the stateless seed (seed, p). Wrap in
+        tf.function to compile.
         """
         g = self.grid_size
         labels = ops.cast(labels, "int32") if self.num_classes else None

@@ -9,27 +9,22 @@
 Only the SavedModel written by train.py is loaded (and, for --curves, its TensorBoard logs).
 """
 
+import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
+
 import argparse
 import csv
-import json
 import math
-import os
-import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train.py
+import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import dataset  # noqa: E402
-from modules import ssim  # noqa: E402
-from utils import evaluate_reconstructions, fail, plot_training_curves, write_json  # noqa: E402
+import dataset
+from curves import plot_training_curves
+from export import load_export
+from metrics import evaluate_reconstructions, ssim
+from utils import fail, write_json
 
 
 def parse_args(argv=None):
@@ -57,14 +52,13 @@ def parse_args(argv=None):
     return args
 
 
-def load_export(path):
-    """The SavedModel at `path` and its metadata; exits with one line if it is not one of ours."""
-    if not (Path(path) / "saved_model.pb").exists():
-        fail(f"--model {path}: no SavedModel there (train one with `python train.py --out {path}`)")
-    model = tf.saved_model.load(str(path))
-    if not all(hasattr(model, name) for name in ("encode", "decode", "reconstruct", "metadata")):
-        fail(f"--model {path}: a SavedModel without this project's encode/decode/reconstruct endpoints")
-    return model, json.loads(model.metadata().numpy().decode())
+def open_model(path):
+    """The export at `path` and its metadata; exits with one line if it is not one of this project's."""
+    try:
+        return load_export(path)
+    except ValueError as error:
+        hint = f" (train one with `python train.py --out {path}`)" if "no SavedModel" in str(error) else ""
+        fail(f"--model {error}{hint}")
 
 
 def load_split(flag, data, split, image_size, seed):
@@ -84,7 +78,8 @@ def reconstruct_figure(model, metadata, data, n, seed, out):
     images = np.stack([image for image, _ in decoded.as_numpy_iterator()][::step][:n])
     reconstructions = model.reconstruct(tf.constant(images)).numpy()
     scores = ssim(images, reconstructions).numpy()
-    figure, axes = plt.subplots(2, len(images), figsize=(1.6 * len(images), 3.6), squeeze=False)
+    figure = Figure(figsize=(1.6 * len(images), 3.6))
+    axes = figure.subplots(2, len(images), squeeze=False)
     for column, (image, reconstruction, score) in enumerate(zip(images, reconstructions, scores)):
         axes[0, column].imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
         axes[1, column].imshow(reconstruction[..., 0], cmap="gray", vmin=0, vmax=1)
@@ -96,7 +91,6 @@ def reconstruct_figure(model, metadata, data, n, seed, out):
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"reconstructions_{source.kind}.png"
     figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
     return path
 
 
@@ -123,7 +117,8 @@ def generate(model, metadata, args, out):
         tf.io.write_file(str(paths[-1]), tf.io.encode_png(tf.cast(tf.round(image * 255), tf.uint8)))
     columns = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.6 * rows), squeeze=False)
+    figure = Figure(figsize=(1.6 * columns, 1.6 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, image in zip(axes.flat, images):
@@ -131,7 +126,6 @@ def generate(model, metadata, args, out):
     figure.suptitle(f"{args.label or 'generated'} (temperature {args.temperature}, seed {args.seed})", fontsize=9)
     grid_path = out / f"{stem}_grid.png"
     figure.savefig(grid_path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
     return grid_path, paths
 
 
@@ -171,7 +165,8 @@ def examples_figure(model, decoded, scores, path):
     picks = {"worst": order[0], "median": order[len(order) // 2], "best": order[-1]}
     images = np.stack([image for image, _ in decoded.as_numpy_iterator()])[list(picks.values())]
     reconstructions = model.reconstruct(tf.constant(images)).numpy()
-    figure, axes = plt.subplots(2, 3, figsize=(5.4, 3.8))
+    figure = Figure(figsize=(5.4, 3.8))
+    axes = figure.subplots(2, 3)
     for column, (name, index) in enumerate(picks.items()):
         axes[0, column].imshow(images[column, ..., 0], cmap="gray", vmin=0, vmax=1)
         axes[0, column].set_title(f"{name}: SSIM {scores[index]:.3f}", fontsize=8)
@@ -179,18 +174,17 @@ def examples_figure(model, decoded, scores, path):
     for axis in axes.flat:
         axis.axis("off")
     figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
 
 
 def codebook_figure(counts, path):
     """How often each code occurs in the split, codes sorted from most to least used."""
-    figure, axis = plt.subplots(figsize=(6, 2.6))
+    figure = Figure(figsize=(6, 2.6))
+    axis = figure.subplots()
     axis.bar(np.arange(len(counts)), np.sort(counts)[::-1] / counts.sum(), width=1.0)
     axis.set_yscale("log")
     axis.set_xlabel(f"code, by use ({int((counts > 0).sum())} of {len(counts)} used)")
     axis.set_ylabel("share of positions")
     figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
 
 
 def main(argv=None):
@@ -203,17 +197,18 @@ def main(argv=None):
         except FileNotFoundError as error:
             fail(f"--curves {error}")
         return
-    model, metadata = load_export(args.model)
+    model, metadata = open_model(args.model)
     if args.reconstruct:
         path = reconstruct_figure(model, metadata, args.reconstruct, min(args.n, 16), args.seed, out)
         print(f"Reconstructions: {path}")
         return
     if args.evaluate:
         summary, paths = evaluate_split(model, metadata, args, out)
+        bits = summary.get("prior_bits_per_code")
+        prior = f", prior {bits:.3f} bits per code" if bits is not None else ""
         print(f"{summary['source']} {args.split} ({summary['n_images']} images): SSIM {summary['ssim_mean']:.4f} "
               f"± {summary['ssim_std']:.4f}, PSNR {summary['psnr_mean']:.2f} dB, codes used "
-              f"{summary['codes_used']}/{summary['num_codes']}"
-              + (f", prior {summary['prior_bits_per_code']:.3f} bits per code" if "prior_bits_per_code" in summary else ""))
+              f"{summary['codes_used']}/{summary['num_codes']}{prior}")
         for name, path in paths.items():
             print(f"{name:>9}: {path}")
         return

@@ -14,92 +14,46 @@ epoch with the same command plus --resume. Ctrl-C once finishes and saves the ep
 stops; Ctrl-C again or SIGTERM stops at once.
 """
 
+import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
+
 import argparse
+import collections
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import shlex
-import shutil
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TensorFlow uses oneDNN's CPU kernels by itself only on CPUs with AVX-512 VNNI or AMX; on others (AMD EPYC,
-# older Xeons) its own kernels train this model about 1.25x slower. TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import dataset
+import settings
+from checkpoints import CheckpointState, EpochCheckpoints, ResumeError
+from curves import plot_training_curves
+from export import export_savedmodel
+from metrics import evaluate_reconstructions
+from modules import GatedPixelCNN, VQVAETrainer, bits_per_code
+from utils import atomic_directory, fail, write_json
 
-import dataset  # noqa: E402
-from modules import GatedPixelCNN, VQVAETrainer, bits_per_code  # noqa: E402
-from utils import (atomic_directory, evaluate_reconstructions, export_savedmodel, fail,  # noqa: E402
-                   plot_training_curves, write_json)
+
+def build_parser():
+    """The command line: every flag is declared in settings.py."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    settings.add_arguments(parser)
+    return parser
 
 
 def parse_args(argv=None):
-    """The command line; every flag has a default that trains on the embedded demo."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", help="folder of OASIS, ADNI or plain image slices (default: the embedded demo)")
-    data.add_argument("--dataset", default="auto", choices=["auto", "oasis", "adni", "folder", "demo"],
-                      help="layout of --data; auto detects it (default: %(default)s)")
-    data.add_argument("--image-size", type=int, default=128, help="side S of the square images (default: %(default)s)")
-    data.add_argument("--validation-fraction", type=float, default=0.1,
-                      help="share of train patients held out for validation where the data has no such split")
-    data.add_argument("--skip-bad", action="store_true", help="skip unreadable image files instead of stopping")
-    model = parser.add_argument_group("model")
-    model.add_argument("--num-codes", type=int, default=256, help="codebook size K (default: %(default)s)")
-    model.add_argument("--code-dim", type=int, default=32, help="code vector size D (default: %(default)s)")
-    model.add_argument("--channels", type=int, default=64, help="channels at the code grid (default: %(default)s)")
-    model.add_argument("--downsamplings", type=int, default=2,
-                       help="stride-2 steps; the code grid is S/2^d a side (default: %(default)s)")
-    model.add_argument("--res-blocks", type=int, default=2, help="residual blocks in encoder and decoder")
-    model.add_argument("--beta", type=float, default=0.25, help="commitment loss weight (default: %(default)s)")
-    model.add_argument("--ssim-weight", type=float, default=0.05,
-                       help="weight of 1 - SSIM added to the squared error (default: %(default)s)")
-    model.add_argument("--ema-decay", type=float, default=0.99,
-                       help="EMA decay of the codebook; 0 learns it by gradient instead (default: %(default)s)")
-    prior = parser.add_argument_group("prior")
-    prior.add_argument("--prior-epochs", type=int, default=10, help="epochs of the prior (default: %(default)s)")
-    prior.add_argument("--prior-channels", type=int, default=32, help="prior channels (default: %(default)s)")
-    prior.add_argument("--prior-layers", type=int, default=10, help="gated blocks (default: %(default)s)")
-    prior.add_argument("--prior-learning-rate", type=float, default=3e-3,
-                       help="Adam learning rate of the prior (default: %(default)s)")
-    prior.add_argument("--unconditional", action="store_true",
-                       help="ignore class labels (ADNI AD/NC); by default the prior is conditional on them")
-    run = parser.add_argument_group("training")
-    run.add_argument("--stage", default="all", choices=["all", "vqvae", "prior"],
-                     help="what to train; prior reuses the VQ-VAE already at --out (default: %(default)s)")
-    run.add_argument("--epochs", type=int, default=12, help="epochs of the VQ-VAE (default: %(default)s)")
-    run.add_argument("--batch-size", type=int, default=16, help="images per step (default: %(default)s)")
-    run.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate (default: %(default)s)")
-    run.add_argument("--max-minutes", type=float, help="stop each stage's training cleanly after this many minutes")
-    run.add_argument("--seed", type=int, default=0, help="seed for data splits, shuffling and weights")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the interrupted run with this --out from its last completed epoch")
-    run.add_argument("--deterministic", action="store_true",
-                     help="deterministic TensorFlow ops: the same seed and data give the same metrics (slower)")
-    hardware = parser.add_argument_group("hardware")
-    hardware.add_argument("--strategy", default="auto", choices=["auto", "none", "mirrored", "multiworker"],
-                          help="auto: MirroredStrategy over all GPUs when there are several; multiworker: "
-                          "MultiWorkerMirroredStrategy configured by TF_CONFIG. --batch-size is the global "
-                          "batch, split over the replicas (default: %(default)s)")
-    hardware.add_argument("--mixed-precision", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
-                          help="mixed_float16 compute (the quantizer stays float32); auto: on for GPUs of "
-                          "compute capability 7.0 or newer, off on CPU (default: %(default)s)")
-    hardware.add_argument("--jit", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
-                          help="compile the training steps with XLA; auto: on with a GPU, off on CPU, where it "
-                          "measured slower (default: %(default)s)")
-    outputs = parser.add_argument_group("outputs")
-    outputs.add_argument("--out", default="saved_models/vqvae", help="SavedModel folder (default: %(default)s)")
-    outputs.add_argument("--logdir", default="logs", help="TensorBoard folder; vqvae/ and prior/ go inside "
-                         "(default: %(default)s)")
+    """The checked command line; with no flags it trains on the embedded demo."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
     return args
@@ -153,6 +107,74 @@ def configure_hardware(args):
     return strategy, jit
 
 
+def workers_of(strategy):
+    """How many workers train together: more than one only under a multi-worker strategy."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    return sum(len(tasks) for tasks in strategy.cluster_resolver.cluster_spec().as_dict().values())
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Where a run writes and how it trains, shared by both stages.
+
+    `is_chief` is whether this process writes the outputs: false only on the other workers of a multi-worker
+    run, which write their checkpoints and logs to a scratch folder.
+    """
+
+    out: Path
+    logdir: Path
+    scratch: Path
+    is_chief: bool
+    strategy: tf.distribute.Strategy
+    jit: bool
+    max_minutes: float = None
+
+    @classmethod
+    def of(cls, args, strategy, jit):
+        is_chief = strategy.extended.should_checkpoint
+        scratch = Path(tempfile.mkdtemp(prefix="brain_vqvae_worker_")) if not is_chief else None
+        return cls(Path(args.out), scratch / "logs" if scratch else Path(args.logdir), scratch, is_chief, strategy,
+                   jit, args.max_minutes)
+
+    @property
+    def checkpoints(self):
+        """The folder of both stages' checkpoints, beside the export: OUT_checkpoints."""
+        return Path(f"{self.out}_checkpoints")
+
+    def log_folder(self, stage):
+        return self.logdir / stage
+
+    def open_checkpoints(self, stage, stage_settings, resume, required):
+        """The CheckpointState of `stage` to continue from, or a fresh one; exits with one line if --resume
+        cannot continue."""
+        write_folder = self.checkpoints / stage if self.is_chief else self.scratch / "checkpoints" / stage
+        try:
+            return CheckpointState.open(self.checkpoints / stage, stage_settings, resume, required, write_folder)
+        except ResumeError as error:
+            fail(f"--resume: {error}")
+
+    def on_chief_alone(self):
+        """This run with the chief's local devices only, for the prior (see main)."""
+        if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return self
+        return dataclasses.replace(self, strategy=tf.distribute.get_strategy())
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One of the two training stages, as `fit_stage` needs it."""
+
+    name: str  # "vqvae" or "prior": also its checkpoint and log folder
+    epochs: int
+    monitor: str  # the validation log whose lowest value picks the best epoch
+    learning_rate_flag: str  # the flag to lower when the loss becomes NaN
+    learning_rate: float
+
+
+Batches = collections.namedtuple("Batches", ["train", "validate", "steps_per_epoch"])
+
+
 class TrainingClock(keras.callbacks.Callback):
     """Time the training steps (not validation) and stop cleanly once `minutes` of training have passed.
 
@@ -178,41 +200,6 @@ class TrainingClock(keras.callbacks.Callback):
         if self.session_seconds > self.limit:
             self.model.stop_training = True
             self.stopped = True
-
-
-class EpochCheckpoints(keras.callbacks.Callback):
-    """After every epoch, save the training state so that --resume loses at most the epoch in progress.
-
-    The folder holds `epoch-NNNN.weights.h5` files (weights, codebook and optimizer state after epoch N) for
-    the latest epoch and the best (lowest logged `monitor`), and `state.json`, which names them: each file is
-    written under a temporary name and renamed, and state.json is replaced only once the files it names are
-    complete, so a kill at any moment leaves the previous or the new state, never a mix.
-    """
-
-    def __init__(self, folder, state, clock, monitor):
-        super().__init__()
-        self.folder = Path(folder)
-        self.state = state
-        self.clock = clock
-        self.monitor = monitor
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not math.isfinite(logs.get("loss", math.nan)):
-            return  # never checkpoint a diverged model; TerminateOnNaN stops the run
-        latest = f"epoch-{epoch + 1:04d}.weights.h5"
-        state = self.state
-        state.update(epochs_done=epoch + 1, latest=latest, train_seconds=self.clock.seconds,
-                     train_steps=self.clock.steps, optimizer_iterations=int(self.model.optimizer.iterations.numpy()))
-        score = logs.get(self.monitor, math.nan)
-        if state.get("best_score") is None or score < state["best_score"]:
-            state.update(best=latest, best_score=score, best_epoch=epoch + 1, monitor=self.monitor)
-        tmp = self.folder / f"tmp-{os.getpid()}.weights.h5"
-        self.model.save_weights(tmp)
-        os.replace(tmp, self.folder / latest)
-        write_json(self.folder / "state.json", state)
-        for old in self.folder.glob("epoch-*.weights.h5"):
-            if old.name not in (state["latest"], state["best"]):
-                old.unlink()
 
 
 class StopOnSignal(keras.callbacks.Callback):
@@ -281,13 +268,16 @@ class PriorSamples(keras.callbacks.Callback):
 
 
 def load_data(args):
-    """Splits of the chosen source, decoded, as batched datasets; exits with one line on bad input."""
-    source = dataset.load_source(args.data, args.dataset, seed=args.seed,
-                                 validation_fraction=args.validation_fraction)
-    decoded, skipped = {}, 0
-    for name, split in source.splits.items():
-        decoded[name], bad = dataset.decoded_split(split, args.image_size, skip_bad=args.skip_bad)
-        skipped += bad
+    """The chosen source and its splits, decoded; exits with one line on bad input."""
+    try:
+        source = dataset.load_source(args.data, args.dataset, seed=args.seed,
+                                     validation_fraction=args.validation_fraction)
+        decoded, skipped = {}, 0
+        for name, split in source.splits.items():
+            decoded[name], bad = dataset.decoded_split(split, args.image_size, skip_bad=args.skip_bad)
+            skipped += bad
+    except dataset.DataError as error:
+        fail(f"--data {error}")
     if skipped:
         print(f"Skipped {skipped} unreadable image files (--skip-bad).")
     print(f"Data: {source.kind} at {source.root}: " + ", ".join(
@@ -295,76 +285,43 @@ def load_data(args):
     return source, decoded
 
 
-# The flags a run's checkpoints depend on: --resume refuses to continue a run that had other values.
-VQVAE_SETTINGS = ("data", "dataset", "image_size", "validation_fraction", "num_codes", "code_dim", "channels",
-                  "downsamplings", "res_blocks", "beta", "ema_decay", "ssim_weight", "batch_size", "learning_rate",
-                  "seed")
-PRIOR_SETTINGS = ("data", "dataset", "image_size", "validation_fraction", "batch_size", "seed", "prior_channels",
-                  "prior_layers", "prior_learning_rate", "unconditional")
+def stage_batches(train, validate, batch_size, seed, first_epoch, epochs):
+    """Batches of a stage: the shuffled training stream from `first_epoch` on, the validation batches, and
+    the full batches per epoch; exits if the training split is smaller than one batch."""
+    size = int(train.cardinality())
+    if size < batch_size:
+        fail(f"--batch-size {batch_size}: the training split has only {size} images")
+    return Batches(dataset.epochs_of_batches(train, batch_size, seed, first_epoch, epochs),
+                   dataset.batched(validate, batch_size), size // batch_size)
 
 
-def checkpoint_state(folder, settings, resume, writer, required):
-    """The saved training state of one stage to continue from, or a fresh one.
+def fit_stage(model, stage, state, batches, run, callbacks=()):
+    """model.fit of one stage from the state's epoch on, with checkpoints every epoch, TensorBoard, and stops
+    on NaN, on signals and at the time limit; then restores the best epoch's weights. Returns the clock.
 
-    With `resume`, the state must have been saved with the same `settings` (and must exist if `required`);
-    without it, an earlier run's checkpoints in `folder` are replaced.
-    """
-    path = folder / "state.json"
-    if resume and path.exists():
-        state = json.loads(path.read_text())
-        saved = state["settings"]
-        for key, value in settings.items():
-            if key != "vqvae_fingerprint" and saved.get(key, value) != value:
-                fail(f"--resume: the run in {folder} used --{key.replace('_', '-')} {saved[key]}, not {value}")
-        if saved.get("vqvae_fingerprint") == settings.get("vqvae_fingerprint"):
-            print(f"Resuming from {folder} after epoch {state['epochs_done']}.")
-            return state
-        print(f"The VQ-VAE changed since {folder} was saved: training the prior from the start.")
-    if resume and required and not path.exists():
-        fail(f"--resume: no saved run at {path}; start one without --resume")
-    if writer:
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-    return {"settings": settings, "epochs_done": 0}
-
-
-def fit(model, stage, train, validate, steps_per_epoch, epochs, state, args, writer, extra_callbacks=()):
-    """model.fit of one stage ("vqvae" or "prior") from the state's epoch on, with checkpoints every epoch,
-    TensorBoard, and stops on NaN, on signals and at the time limit.
-
-    Restores the best weights at the end, by the validation reconstruction loss for the VQ-VAE (its VQ
-    commitment loss grows with the encoder's output scale and says nothing of quality) and by the validation
-    loss for the prior; returns the TrainingClock.
     Raises KeyboardInterrupt after a Ctrl-C (the last completed epoch is saved).
     """
-    folder, logdir = Path(f"{args.out}_checkpoints") / stage, Path(args.logdir) / stage
-    if state["epochs_done"]:
-        model.optimizer.build(model.trainable_variables)  # so that its saved state has somewhere to go
-        model.load_weights(folder / state["latest"])
-    # Every worker of a multi-worker run saves (saving may need them all); the others into a scratch folder.
-    save_folder = folder if writer else Path(tempfile.mkdtemp(prefix="brain_vqvae_worker_checkpoints_"))
-    clock = TrainingClock(args.max_minutes, state.get("train_seconds", 0.0), state.get("train_steps", 0))
+    state.restore_latest(model)
+    clock = TrainingClock(run.max_minutes, state.train_seconds, state.train_steps)
     stop = StopOnSignal()
-    monitor = "val_reconstruction_loss" if stage == "vqvae" else "val_loss"
-    callbacks = [EpochCheckpoints(save_folder, state, clock, monitor),
-                 keras.callbacks.TensorBoard(str(logdir), write_graph=False), *extra_callbacks,
+    callbacks = [EpochCheckpoints(state, clock, stage.monitor),
+                 keras.callbacks.TensorBoard(str(run.log_folder(stage.name)), write_graph=False), *callbacks,
                  keras.callbacks.TerminateOnNaN(), clock, stop]
-    if state["epochs_done"] < epochs:
+    if state.epochs_done < stage.epochs:
         # A progress bar on a terminal; one line per epoch in a cluster job's log file.
-        history = model.fit(train, validation_data=validate, epochs=epochs, initial_epoch=state["epochs_done"],
-                            steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
-                            verbose=1 if sys.stdout.isatty() else 2)
-        if any(not math.isfinite(loss) for loss in history.history["loss"]):
-            flag = "--learning-rate" if stage == "vqvae" else "--prior-learning-rate"
-            fail(f"{flag} {getattr(args, flag[2:].replace('-', '_')):g}: the {stage} training loss became NaN in "
-                 f"epoch {len(history.history['loss'])}; try a lower learning rate")
+        history = model.fit(batches.train, validation_data=batches.validate, epochs=stage.epochs,
+                            initial_epoch=state.epochs_done, steps_per_epoch=batches.steps_per_epoch,
+                            callbacks=callbacks, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+        losses = history.history["loss"]
+        if not all(math.isfinite(loss) for loss in losses):
+            fail(f"{stage.learning_rate_flag} {stage.learning_rate:g}: the {stage.name} training loss became NaN "
+                 f"in epoch {len(losses)}; try a lower learning rate")
     if stop.requested:
         raise KeyboardInterrupt
     if clock.stopped:
-        print(f"Stopped the {stage} training after --max-minutes {args.max_minutes} in epoch {state['epochs_done']} of "
-              f"{epochs}; to train the rest, run: {resume_command()}")
-    model.load_weights(save_folder / state["best"] if (save_folder / state["best"]).exists()
-                       else folder / state["best"])
+        print(f"Stopped the {stage.name} training after --max-minutes {run.max_minutes} in epoch "
+              f"{state.epochs_done} of {stage.epochs}; to train the rest, run: {resume_command()}")
+    state.restore_best(model)
     return clock
 
 
@@ -383,37 +340,30 @@ def cosine_adam(learning_rate, epochs, steps_per_epoch):
     return keras.optimizers.Adam(schedule)
 
 
-def steps_per_epoch_of(split, batch_size):
-    """Full batches in one epoch of a decoded split; exits if the split is smaller than one batch."""
-    size = int(split.cardinality())
-    if size < batch_size:
-        fail(f"--batch-size {batch_size}: the training split has only {size} images")
-    return size // batch_size
-
-
-def train_vqvae(args, decoded, strategy, jit, writer, extra_callbacks=()):
+def train_vqvae(args, decoded, run, extra_callbacks=()):
     """Train (or resume) the VQ-VAE stage; returns the model and its test metrics."""
-    folder = Path(f"{args.out}_checkpoints") / "vqvae"
-    settings = {key: getattr(args, key) for key in VQVAE_SETTINGS}
-    settings["dtype_policy"] = keras.mixed_precision.global_policy().name
-    state = checkpoint_state(folder, settings, args.resume, writer, required=True)
-    steps_per_epoch = steps_per_epoch_of(decoded["train"], args.batch_size)
-    with strategy.scope():
-        model = VQVAETrainer(num_codes=args.num_codes, code_dim=args.code_dim, channels=args.channels,
-                             downsamplings=args.downsamplings, res_blocks=args.res_blocks, beta=args.beta,
-                             ema_decay=args.ema_decay or None, ssim_weight=args.ssim_weight, seed=args.seed)
-        model.compile(optimizer=cosine_adam(args.learning_rate, args.epochs, steps_per_epoch), jit_compile=jit)
-        # Images alone, without labels: Keras' fit cannot start on nested batches under multi-worker training
-        # (keras-team/keras#20585), and the VQ-VAE has no use for labels.
-        images = {name: decoded[name].map(lambda image, label: image) for name in ("train", "validate")}
-        train = dataset.epochs_of_batches(images["train"], args.batch_size, args.seed, state["epochs_done"],
-                                          args.epochs)
-        validate = dataset.batched(images["validate"], args.batch_size)
-        preview = next(iter(images["validate"].batch(8)))
-        clock = fit(model, "vqvae", train, validate, steps_per_epoch, args.epochs, state, args, writer,
-                    [ReconstructionImages(preview, Path(args.logdir) / "vqvae"), *extra_callbacks])
-    metrics, _, _ = evaluate_reconstructions(model, dataset.batched(decoded["test"], args.batch_size), args.num_codes)
-    metrics.update(train_seconds=clock.seconds, epochs_run=state["epochs_done"], best_epoch=state["best_epoch"],
+    stage = Stage("vqvae", args.epochs, "val_reconstruction_loss", "--learning-rate", args.learning_rate)
+    # The VQ commitment loss grows with the encoder's output scale and says nothing of quality: the best epoch
+    # is picked by the validation reconstruction loss, not the total.
+    stage_settings = {**settings.checkpoint_settings(args, stage.name),
+                      "dtype_policy": keras.mixed_precision.global_policy().name}
+    state = run.open_checkpoints(stage.name, stage_settings, args.resume, required=True)
+    # Images alone, without labels: Keras' fit cannot start on nested batches under multi-worker training
+    # (keras-team/keras#20585), and the VQ-VAE has no use for labels.
+    images = {name: decoded[name].map(lambda image, label: image) for name in ("train", "validate")}
+    batches = stage_batches(images["train"], images["validate"], args.batch_size, args.seed, state.epochs_done,
+                            args.epochs)
+    preview = next(iter(images["validate"].batch(8)))
+    with run.strategy.scope():
+        model = VQVAETrainer(**settings.model_arguments(args, settings.VQVAE))
+        model.logs_with_batch_axis = workers_of(run.strategy) > 1
+        model.compile(optimizer=cosine_adam(args.learning_rate, args.epochs, batches.steps_per_epoch),
+                      jit_compile=run.jit)
+        clock = fit_stage(model, stage, state, batches, run,
+                          [ReconstructionImages(preview, run.log_folder(stage.name)), *extra_callbacks])
+    test = dataset.batched(decoded["test"], args.batch_size)
+    metrics, _, _ = evaluate_reconstructions(model, test, model.quantizer.num_codes)
+    metrics.update(train_seconds=clock.seconds, epochs_run=state.epochs_done, best_epoch=state.best_epoch,
                    train_images_per_second=clock.steps * args.batch_size / max(clock.seconds, 1e-9))
     return model, metrics
 
@@ -433,42 +383,41 @@ def fingerprint(vqvae):
     return hashlib.sha256(np.asarray(vqvae.quantizer.codebook).tobytes()).hexdigest()[:16]
 
 
-def train_prior(args, vqvae, decoded, class_names, strategy, jit, writer):
+def train_prior(args, vqvae, decoded, class_names, run):
     """Train (or resume) the gated PixelCNN on the code grids of the train split; returns it and its metrics."""
-    folder = Path(f"{args.out}_checkpoints") / "prior"
-    settings = {key: getattr(args, key) for key in PRIOR_SETTINGS}
-    settings.update(dtype_policy=keras.mixed_precision.global_policy().name, vqvae_fingerprint=fingerprint(vqvae))
-    state = checkpoint_state(folder, settings, args.resume, writer, required=args.stage == "prior")
-    codes = {name: encode_split(vqvae, decoded[name], args.batch_size) for name in ("train", "validate")}
+    stage = Stage("prior", args.prior_epochs, "val_loss", "--prior-learning-rate", args.prior_learning_rate)
+    stage_settings = {**settings.checkpoint_settings(args, stage.name), "vqvae_fingerprint": fingerprint(vqvae),
+                      "dtype_policy": keras.mixed_precision.global_policy().name}
+    state = run.open_checkpoints(stage.name, stage_settings, args.resume, required=args.stage == "prior")
     num_classes = len(class_names) if class_names and not args.unconditional else 0
-
-    def pairs(split):
-        split_codes, split_labels = codes[split]
-        inputs = (split_codes, split_labels) if num_classes else split_codes
-        return tf.data.Dataset.from_tensor_slices((inputs, split_codes))
-
-    steps_per_epoch = steps_per_epoch_of(pairs("train"), args.batch_size)
-    with strategy.scope():
-        prior = GatedPixelCNN(num_codes=args.num_codes, grid_size=args.image_size // vqvae.downsampling_factor,
-                              channels=args.prior_channels, num_layers=args.prior_layers, num_classes=num_classes,
-                              name="prior")
-        prior.compile(optimizer=cosine_adam(args.prior_learning_rate, args.prior_epochs, steps_per_epoch),
+    codes = {name: encode_split(vqvae, decoded[name], args.batch_size) for name in ("train", "validate")}
+    pairs = {name: code_pairs(*codes[name], num_classes) for name in codes}
+    batches = stage_batches(pairs["train"], pairs["validate"], args.batch_size, args.seed, state.epochs_done,
+                            args.prior_epochs)
+    sample_labels = tf.constant([i % max(num_classes, 1) for i in range(8)], tf.int32)
+    with run.strategy.scope():
+        prior = GatedPixelCNN(num_codes=vqvae.quantizer.num_codes, num_classes=num_classes, name="prior",
+                              grid_size=args.image_size // vqvae.downsampling_factor,
+                              **settings.model_arguments(args, settings.PRIOR))
+        prior.compile(optimizer=cosine_adam(args.prior_learning_rate, args.prior_epochs, batches.steps_per_epoch),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=[keras.metrics.MeanMetricWrapper(bits_per_code, name="bits_per_code")],
-                      jit_compile=jit)
-        train = dataset.epochs_of_batches(pairs("train"), args.batch_size, args.seed, state["epochs_done"],
-                                          args.prior_epochs)
-        validate = dataset.batched(pairs("validate"), args.batch_size)
-        sample_labels = tf.constant([i % max(num_classes, 1) for i in range(8)], tf.int32)
-        clock = fit(prior, "prior", train, validate, steps_per_epoch, args.prior_epochs, state, args, writer,
-                    [PriorSamples(vqvae, sample_labels, Path(args.logdir) / "prior", every=4)])
-    validation = prior.evaluate(validate, verbose=0, return_dict=True)
+                      jit_compile=run.jit)
+        clock = fit_stage(prior, stage, state, batches, run,
+                          [PriorSamples(vqvae, sample_labels, run.log_folder(stage.name), every=4)])
+    validation = prior.evaluate(batches.validate, verbose=0, return_dict=True)
     train_labels = codes["train"][1]
-    class_counts = [int((train_labels == k).sum()) for k in range(num_classes)]
     return prior, {"prior_validation_bits_per_code": validation["bits_per_code"],
-                   "prior_uniform_bits_per_code": math.log2(args.num_codes),
-                   "prior_train_seconds": clock.seconds, "prior_epochs_run": state["epochs_done"],
-                   "prior_conditional": bool(num_classes), "prior_class_counts": class_counts}
+                   "prior_uniform_bits_per_code": math.log2(prior.num_codes),
+                   "prior_train_seconds": clock.seconds, "prior_epochs_run": state.epochs_done,
+                   "prior_conditional": bool(num_classes),
+                   "prior_class_counts": [int((train_labels == k).sum()) for k in range(num_classes)]}
+
+
+def code_pairs(codes, labels, num_classes):
+    """(prior inputs, target codes) pairs of a split: the inputs are (codes, labels) for a conditional prior."""
+    inputs = (codes, labels) if num_classes else codes
+    return tf.data.Dataset.from_tensor_slices((inputs, codes))
 
 
 def load_trained_vqvae(out):
@@ -483,56 +432,53 @@ def main(argv=None):
     args = parse_args(argv)
     strategy, jit = configure_hardware(args)
     keras.utils.set_random_seed(args.seed)
-    writer = strategy.extended.should_checkpoint  # False only on the non-chief workers of a multi-worker run
-    replicas = strategy.num_replicas_in_sync
-    if not writer:  # the other workers log to a scratch folder; the chief writes every output
-        args.logdir = tempfile.mkdtemp(prefix="brain_vqvae_worker_logs_")
+    run = Run.of(args, strategy, jit)
     if args.stage == "prior":  # before decoding any data, so that a missing model fails at once
-        vqvae, metrics = load_trained_vqvae(args.out)
-    try:
-        source, decoded = load_data(args)
-    except dataset.DataError as error:
-        fail(f"--data {error}")
+        vqvae, metrics = load_trained_vqvae(run.out)
+    source, decoded = load_data(args)
+    prior = None
     try:
         if args.stage != "prior":
-            vqvae, metrics = train_vqvae(args, decoded, strategy, jit, writer)
-        prior = None
-        if args.stage in ("all", "prior") and writer:
+            vqvae, metrics = train_vqvae(args, decoded, run)
+        if args.stage in ("all", "prior") and run.is_chief:
             # The prior over small code grids is a few percent of the work; a multi-worker run trains it on
             # the chief alone, whose local devices suffice (and Keras 3 cannot fit its nested batches there).
-            if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-                strategy = tf.distribute.get_strategy()
-            prior, prior_metrics = train_prior(args, vqvae, decoded, source.class_names, strategy, jit, writer)
+            prior, prior_metrics = train_prior(args, vqvae, decoded, source.class_names, run.on_chief_alone())
             metrics.update(prior_metrics)
     except KeyboardInterrupt:
-        print(f"Interrupted; the last completed epoch is saved in {args.out}_checkpoints/. To continue, run: "
+        print(f"Interrupted; the last completed epoch is saved in {run.checkpoints}/. To continue, run: "
               f"{resume_command()}", file=sys.stderr)
         sys.exit(130)
-    if not writer:
+    if not run.is_chief:
         print("Training done; the chief worker writes the outputs.")
         return
+    export_run(args, run, source, vqvae, prior, metrics)
+    report(run, metrics)
+
+
+def export_run(args, run, source, vqvae, prior, metrics):
+    """Write the SavedModel, the Keras models, config.json, metrics.json and the training curves to --out,
+    all at once (atomically)."""
     config = {**vars(args), "source": source.kind, "data_root": source.root, "class_names": source.class_names,
               "split_sizes": {name: len(split) for name, split in source.splits.items()},
-              "dtype_policy": keras.mixed_precision.global_policy().name, "jit_compile": jit,
-              "replicas": replicas,
+              "dtype_policy": keras.mixed_precision.global_policy().name, "jit_compile": run.jit,
+              "replicas": run.strategy.num_replicas_in_sync,
               "model": vqvae.get_config(), "prior": prior.get_config() if prior else None,
               "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
     metadata = {"image_size": args.image_size, "grid": args.image_size // vqvae.downsampling_factor,
-                "num_codes": args.num_codes, "class_names": source.class_names if prior and prior.num_classes else [],
-                "has_prior": prior is not None}
-    with atomic_directory(args.out) as tmp:
-        export_savedmodel(vqvae, tmp, args.image_size, metadata, prior,
-                          metrics.get("prior_class_counts") or None)
+                "num_codes": vqvae.quantizer.num_codes, "has_prior": prior is not None,
+                "class_names": source.class_names if prior and prior.num_classes else []}
+    with atomic_directory(run.out) as tmp:
+        export_savedmodel(vqvae, tmp, args.image_size, metadata, prior, metrics.get("prior_class_counts") or None)
         vqvae.save(tmp / "model.keras")
         if prior is not None:
             prior.save(tmp / "prior.keras")
         write_json(tmp / "config.json", config)
         write_json(tmp / "metrics.json", metrics)
-        plot_training_curves(args.logdir, tmp / "training_curves.png")
-    report(args, metrics)
+        plot_training_curves(run.logdir, tmp / "training_curves.png")
 
 
-def report(args, metrics):
+def report(run, metrics):
     """Print the test metrics and where every output went."""
     print(f"Test ({metrics['n_images']} images): SSIM {metrics['ssim_mean']:.4f} ± {metrics['ssim_std']:.4f}, "
           f"PSNR {metrics['psnr_mean']:.2f} dB, codes used {metrics['codes_used']}/{metrics['num_codes']}, "
@@ -542,7 +488,7 @@ def report(args, metrics):
         print(f"Prior: validation NLL {metrics['prior_validation_bits_per_code']:.3f} bits per code "
               f"(uniform: {metrics['prior_uniform_bits_per_code']:.0f}); trained "
               f"{metrics['prior_train_seconds'] / 60:.1f} min")
-    out = Path(args.out)
+    out = run.out
     endpoints = "encode, decode, reconstruct" + (", sample, prior_logits, log_prob"
                                                  if "prior_validation_bits_per_code" in metrics else "")
     print(f"SavedModel:  {out}  (tf.saved_model.load; {endpoints})")
@@ -551,8 +497,8 @@ def report(args, metrics):
     print(f"Config:      {out / 'config.json'}")
     print(f"Metrics:     {out / 'metrics.json'}")
     print(f"Curves:      {out / 'training_curves.png'}")
-    print(f"Checkpoints: {args.out}_checkpoints/  (--resume continues from the latest epoch)")
-    print(f"TensorBoard: tensorboard --logdir {args.logdir}")
+    print(f"Checkpoints: {run.checkpoints}/  (--resume continues from the latest epoch)")
+    print(f"TensorBoard: tensorboard --logdir {run.logdir}")
 
 
 if __name__ == "__main__":

@@ -5,27 +5,23 @@ The VQ-VAE stores an image as h*w codes of log2(K) bits. At that budget the base
 - JPEG: per image, the highest quality (Pillow, grayscale, optimised Huffman tables) whose whole file fits.
 Prints one JSON line with the three mean SSIMs on the test split.
 
-    python benchmarks/codec_baselines.py --model saved_models/vqvae --data /data/ADNI
+    python -m benchmarks.codec_baselines --model saved_models/vqvae --data /data/ADNI
 """
+
+import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 import argparse
 import io
 import json
 import math
-import os
 import sys
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train.py
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import tensorflow as tf
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import dataset  # noqa: E402
-from modules import ssim  # noqa: E402
+import dataset
+from metrics import ssim
 
 
 def jpeg_at_most(image_uint8, max_bytes):
@@ -78,7 +74,7 @@ def main():
         "ssim_downsample": float(ssim(images, downsampled).numpy().mean()), "downsample_side": side,
         "ssim_jpeg": float(ssim(images, jpeg).numpy().mean()),
         "jpeg_mean_bytes": float(np.mean([n for _, n in jpegs])),
-        "command": "python benchmarks/codec_baselines.py " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.codec_baselines " + " ".join(sys.argv[1:]),
     }
     print(json.dumps(result))
 

@@ -6,26 +6,22 @@ area-resize and cache as 8-bit, as train.py does once per split, and (2) a train
 shuffle, convert to float, batch and prefetch, as every later epoch does. The ratio compares the epoch
 pipeline with the training step's images/s at the same size and batch (measured here, or --train-rate).
 
-    python benchmarks/input_pipeline.py --data ../shared/data/ADNI
-    python benchmarks/input_pipeline.py --data /data/OASIS --image-size 256 --batch-size 32
+    python -m benchmarks.input_pipeline --data ../shared/data/ADNI
+    python -m benchmarks.input_pipeline --data /data/OASIS --image-size 256 --batch-size 32
 """
+
+import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 import argparse
 import json
 import os
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train.py
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tensorflow as tf
 
-import tensorflow as tf  # noqa: E402
-
-import dataset  # noqa: E402
-from train_speed import CONFIGS, images_per_second  # noqa: E402
+import dataset
+from benchmarks.train_speed import CONFIGS, images_per_second
 
 
 def main():
@@ -59,7 +55,7 @@ def main():
         "epoch_images_per_second": round(cached, 1), "train_images_per_second": round(train_rate, 1),
         "epoch_over_train": round(cached / train_rate, 1), "first_pass_over_train": round(first_pass / train_rate, 1),
         "cpus": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
-        "command": " ".join(["python", "benchmarks/input_pipeline.py", *sys.argv[1:]])}))
+        "command": " ".join(["python", "-m", "benchmarks.input_pipeline", *sys.argv[1:]])}))
 
 
 if __name__ == "__main__":

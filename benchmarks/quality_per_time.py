@@ -2,29 +2,26 @@
 training minutes, scoring the whole test split after every minute (scoring time is not counted). Prints one
 JSON line per score and a summary line with the minutes taken to reach --target SSIM.
 
-    python benchmarks/quality_per_time.py --data ../shared/data/ADNI --minutes 15 --epochs 9
-    python benchmarks/quality_per_time.py --data /data/OASIS --minutes 5 -- --channels 128
+    python -m benchmarks.quality_per_time --data ../shared/data/ADNI --minutes 15 --epochs 9
+    python -m benchmarks.quality_per_time --data /data/OASIS --minutes 5 -- --channels 128
 
 Arguments after `--` go to train.py unchanged.
 """
+
+import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 import argparse
 import json
 import os
 import sys
 import tempfile
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train.py
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import keras
+import tensorflow as tf
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import dataset  # noqa: E402
-import train  # noqa: E402
-from modules import mean_ssim  # noqa: E402
+import dataset
+import train
+from metrics import mean_ssim
 
 
 class ScoreEveryMinute(train.TrainingClock):
@@ -75,13 +72,13 @@ def main():
     source, decoded = train.load_data(train_args)
     test_images = [images for images, _ in dataset.batched(decoded["test"], 64)]
     scorer = ScoreEveryMinute(test_images)
-    train.train_vqvae(train_args, decoded, strategy, jit, True, [scorer])
+    train.train_vqvae(train_args, decoded, train.Run.of(train_args, strategy, jit), [scorer])
     reached = next((point["minutes"] for point in scorer.scores if point["test_ssim"] >= args.target), None)
     print(json.dumps({"benchmark": "quality_per_time", "data": source.kind, "test_images": len(source.splits["test"]),
                       "budget_minutes": args.minutes, "final_test_ssim": scorer.scores[-1]["test_ssim"],
                       "target_ssim": args.target, "minutes_to_target": reached,
                       "device": "GPU" if tf.config.list_physical_devices("GPU") else f"CPU x{os.cpu_count()}",
-                      "command": " ".join(["python", "benchmarks/quality_per_time.py", *sys.argv[1:]])}))
+                      "command": " ".join(["python", "-m", "benchmarks.quality_per_time", *sys.argv[1:]])}))
 
 
 if __name__ == "__main__":

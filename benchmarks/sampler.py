@@ -5,25 +5,22 @@ position; the full sampler recomputes the whole network for every position. Both
 (tests/test_prior.py). The full sampler is timed on --full-rows rows and scaled to the whole grid (its cost
 per row is the same for every row); the fast sampler is timed on the whole grid. Prints one JSON line.
 
-    python benchmarks/sampler.py                       # default prior size, random weights
-    python benchmarks/sampler.py --prior saved_models/vqvae/prior.keras
+    python -m benchmarks.sampler                       # default prior size, random weights
+    python -m benchmarks.sampler --prior saved_models/vqvae/prior.keras
 """
+
+import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train.py
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import keras
+import tensorflow as tf
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from modules import GatedPixelCNN  # noqa: E402
+import settings
+from modules import GatedPixelCNN
 
 
 def timed(function, *args):
@@ -41,11 +38,12 @@ def main():
     parser.add_argument("--full-rows", type=int, default=2, help="rows the full sampler is timed on")
     args = parser.parse_args()
     if args.prior:
-        import modules  # noqa: F401  (registers the custom classes)
-
         prior = keras.models.load_model(args.prior)
     else:
-        prior = GatedPixelCNN(num_codes=256, grid_size=32, channels=32, num_layers=10)
+        defaults = settings.defaults()
+        grid = defaults.image_size // 2 ** defaults.downsamplings
+        prior = GatedPixelCNN(num_codes=defaults.num_codes, grid_size=grid, **settings.model_arguments(defaults,
+                                                                                                       settings.PRIOR))
     n, g = args.n, prior.grid_size
     labels = tf.zeros([n], tf.int32) if prior.num_classes else None
 
@@ -65,7 +63,7 @@ def main():
         "fast_seconds": round(fast_seconds, 3), "full_recompute_seconds_extrapolated": round(full_seconds, 3),
         "full_rows_timed": args.full_rows, "speedup": round(full_seconds / fast_seconds, 1),
         "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
-        "command": "python benchmarks/sampler.py " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.sampler " + " ".join(sys.argv[1:]),
     }))
 
 

@@ -8,35 +8,33 @@ inputs, gradient with respect to the weights). The loss's SSIM filters four maps
 (2·121·(S-10)² each), forward and back. The roofline is a float32 matmul of 2048×2048 matrices timed
 on the same machine. Images are random: the step's cost does not depend on the pixels.
 
-    python benchmarks/train_speed.py                    # default (128 px, batch 16) and full size (256 px, batch 32)
-    python benchmarks/train_speed.py --configs default --steps 40
-    python benchmarks/train_speed.py --configs default --layers     # and each convolution's ms and GFLOP/s
+    python -m benchmarks.train_speed                    # default (128 px, batch 16) and full size (256 px, batch 32)
+    python -m benchmarks.train_speed --configs default --steps 40
+    python -m benchmarks.train_speed --configs default --layers     # and each convolution's ms and GFLOP/s
 """
+
+import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 import argparse
 import json
 import os
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train.py
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import layers  # noqa: E402
+import settings
+from modules import VQVAETrainer
 
-from modules import VQVAETrainer  # noqa: E402
-
-# train.py's defaults, and the full-size configuration the README gives for OASIS and ADNI at 256 x 256.
+# train.py's defaults (128 px, batch 16), and the full-size configuration the README gives for OASIS and ADNI.
+DEFAULTS = settings.defaults()
+VQVAE_ARGUMENTS = settings.model_arguments(DEFAULTS, settings.VQVAE)
 CONFIGS = {
-    "default": dict(image_size=128, batch_size=16, channels=64, code_dim=32, num_codes=256, downsamplings=2,
-                    res_blocks=2, ssim_weight=0.05),
-    "full": dict(image_size=256, batch_size=32, channels=64, code_dim=32, num_codes=256, downsamplings=2,
-                 res_blocks=2, ssim_weight=0.05),
+    "default": dict(image_size=DEFAULTS.image_size, batch_size=DEFAULTS.batch_size, **VQVAE_ARGUMENTS),
+    "full": dict(image_size=256, batch_size=32, **VQVAE_ARGUMENTS),
 }
 
 
@@ -67,8 +65,7 @@ def layer_forward_flops(layer):
 
 def sized_models(config):
     """(model, encoder, decoder) of the configuration, the last two rebuilt at its fixed image size."""
-    model = VQVAETrainer(**{k: config[k] for k in ("num_codes", "code_dim", "channels", "downsamplings",
-                                                   "res_blocks", "ssim_weight")}, seed=0)
+    model = VQVAETrainer(**{name: config[name] for name in VQVAE_ARGUMENTS})
     size = config["image_size"]
     grid = size // 2 ** config["downsamplings"]
     encoder = keras.models.clone_model(model.encoder, input_tensors=keras.Input((size, size, 1)))
@@ -167,7 +164,7 @@ def main():
             "images_per_second": round(speed, 1), "train_gflop_per_image": round(flops / 1e9, 3),
             "achieved_gflops": round(achieved, 1),
             "matmul_gflops": round(roofline, 1), "fraction_of_matmul_roofline": round(achieved / roofline, 3),
-            "command": " ".join(["python", "benchmarks/train_speed.py", *sys.argv[1:]])}), flush=True)
+            "command": " ".join(["python", "-m", "benchmarks.train_speed", *sys.argv[1:]])}), flush=True)
         if args.layers:
             print_layer_profile(name, config)
 

@@ -1,17 +1,14 @@
 """Small fixtures in the real OASIS and ADNI layouts, written by the tests themselves."""
 
-import os
-import sys
+import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
+
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train.py
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def fake_slice(rng, width=256, height=256):

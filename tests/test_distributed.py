@@ -91,7 +91,7 @@ def test_quantizer_computes_in_float32_under_mixed_precision():
         vectors = model.encoder(np.random.default_rng(0).random((2, 16, 16, 1)).astype("float32"))
         assert vectors.dtype == tf.float16
         quantizer(vectors, training=True)  # initialises the codebook from these vectors, one EMA step
-        quantized, indices = quantizer(vectors, return_indices=True)
+        quantized, indices = quantizer(vectors)
         assert quantized.dtype == tf.float32 and all(loss.dtype == tf.float32 for loss in quantizer.losses)
         # The nearest codes are those of the float32 vectors, by numpy brute force.
         flat = tf.cast(vectors, tf.float32).numpy().reshape(-1, 8)

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from modules import VQVAETrainer, mean_ssim, psnr, ssim
+from metrics import mean_ssim, psnr, ssim
+from modules import VQVAETrainer
 
 
 def test_ssim_and_psnr_equal_scikit_image():

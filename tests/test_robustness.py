@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import ROOT, write_adni
 from test_train import run
-from train import EpochCheckpoints, TrainingClock
+from checkpoints import CheckpointState, EpochCheckpoints
+from train import TrainingClock
 
 TINY = ["--image-size", "32", "--epochs", "3", "--batch-size", "8", "--channels", "16", "--code-dim", "8",
         "--num-codes", "16", "--res-blocks", "1", "--prior-epochs", "3", "--prior-channels", "8",
@@ -149,8 +150,7 @@ def test_best_vqvae_checkpoint_is_chosen_by_validation_reconstruction_loss_not_t
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
     model.optimizer.build(model.trainable_variables)
-    state = {"epochs_done": 0}
-    checkpoints = EpochCheckpoints(tmp_path, state, TrainingClock(), "val_reconstruction_loss")
+    checkpoints = EpochCheckpoints(CheckpointState(tmp_path, settings={}), TrainingClock(), "val_reconstruction_loss")
     checkpoints.set_model(model)
     # The total loss keeps falling while the reconstruction loss is lowest after epoch 2.
     for epoch, (val_loss, val_reconstruction_loss) in enumerate([(3.0, 0.9), (2.0, 0.5), (1.0, 0.7)]):

@@ -1,0 +1,85 @@
+"""The SavedModel contract: what train.py exports and what any TensorFlow code can load without this project.
+
+Images are float32 [N, S, S, 1] in [0, 1]; codes are int32 [N, G, G]; labels int32 [N].
+Always: encode(images) -> codes; decode(codes) -> images; reconstruct(images) -> images;
+metadata() -> JSON string (image_size, grid, num_codes, class_names, has_prior).
+With a prior: sample(n, temperature=1, seed=0) -> images (a conditional prior draws classes in training
+proportions); prior_logits(codes[, labels]) -> [N, G, G, K]; log_prob(images[, labels]) -> [N], the
+natural-log likelihood of the images' codes under the prior; conditional priors add
+sample_class(n, label, temperature=1, seed=0). `[, labels]`: conditional priors only.
+"""
+
+import json
+from pathlib import Path
+
+import tensorflow as tf
+
+REQUIRED_ENDPOINTS = ("encode", "decode", "reconstruct", "metadata")
+
+
+def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_counts=None):
+    """Write `vqvae` (and `prior`, with the training split's `class_counts` if it is conditional) as one
+    SavedModel at `path` with the endpoints above."""
+    from keras.export import ExportArchive
+
+    grid = image_size // vqvae.downsampling_factor
+    specs = {"images": tf.TensorSpec([None, image_size, image_size, 1], tf.float32, name="images"),
+             "codes": tf.TensorSpec([None, grid, grid], tf.int32, name="codes")}
+    metadata_json = json.dumps(metadata, sort_keys=True)
+    archive = ExportArchive()
+    archive.track(vqvae)
+    archive.add_endpoint("encode", vqvae.encode, input_signature=[specs["images"]])
+    archive.add_endpoint("decode", vqvae.decode, input_signature=[specs["codes"]])
+    archive.add_endpoint("reconstruct", vqvae.reconstruct, input_signature=[specs["images"]])
+    archive.add_endpoint("metadata", lambda: tf.constant(metadata_json), input_signature=[])
+    if prior is not None:
+        _add_prior_endpoints(archive, vqvae, prior, specs, class_counts)
+    archive.write_out(str(path), verbose=False)
+
+
+def _add_prior_endpoints(archive, vqvae, prior, specs, class_counts):
+    """sample, prior_logits and log_prob, with a labels input where the prior is conditional, and
+    sample_class for conditional priors."""
+    archive.track(prior)
+    conditional = bool(prior.num_classes)
+    scalar = {name: tf.TensorSpec([], dtype, name=name) for name, dtype in
+              (("n", tf.int32), ("label", tf.int32), ("temperature", tf.float32), ("seed", tf.int32))}
+    with_labels = [tf.TensorSpec([None], tf.int32, name="labels")] if conditional else []
+    # ExportArchive traces endpoints without AutoGraph; the sampler's loops need it.
+    sample_codes = tf.function(prior.sample, autograph=True)
+
+    def prior_logits(codes, labels=None):
+        return prior((codes, labels) if conditional else codes)
+
+    def log_prob(images, labels=None):
+        codes = vqvae.encode(images)
+        log_probs = tf.nn.log_softmax(prior_logits(codes, labels), axis=-1)
+        return tf.reduce_sum(tf.gather(log_probs, codes, batch_dims=3), axis=[1, 2])
+
+    def sample(n, temperature=1.0, seed=0):
+        labels = None
+        if conditional:
+            log_weights = tf.math.log(tf.constant(class_counts, tf.float32)[None, :])
+            labels = tf.random.stateless_categorical(log_weights, n, tf.stack([seed, -1]), dtype=tf.int32)[0]
+        return vqvae.decode(sample_codes(n, labels, temperature, seed))
+
+    def sample_class(n, label, temperature=1.0, seed=0):
+        return vqvae.decode(sample_codes(n, tf.fill([n], label), temperature, seed))
+
+    archive.add_endpoint("sample", sample, input_signature=[scalar["n"], scalar["temperature"], scalar["seed"]])
+    archive.add_endpoint("prior_logits", prior_logits, input_signature=[specs["codes"], *with_labels])
+    archive.add_endpoint("log_prob", log_prob, input_signature=[specs["images"], *with_labels])
+    if conditional:
+        archive.add_endpoint("sample_class", sample_class, input_signature=[
+            scalar["n"], scalar["label"], scalar["temperature"], scalar["seed"]])
+
+
+def load_export(path):
+    """(the SavedModel at `path`, its metadata dict); raises ValueError starting with `path` if it is not
+    one of this project's exports."""
+    if not (Path(path) / "saved_model.pb").exists():
+        raise ValueError(f"{path}: no SavedModel there")
+    model = tf.saved_model.load(str(path))
+    if not all(hasattr(model, name) for name in REQUIRED_ENDPOINTS):
+        raise ValueError(f"{path}: a SavedModel without this project's encode/decode/reconstruct endpoints")
+    return model, json.loads(model.metadata().numpy().decode())

@@ -1,0 +1,133 @@
+"""Every setting of a training run, declared once: its flag, default and help, which stage's checkpoints it
+defines, and which model's constructor it goes to.
+
+train.py builds its command line from `SETTINGS`; `--resume` refuses to continue a stage whose defining
+settings changed (`checkpoint_settings`); the models are built from `model_arguments`; config.json records
+them all. A new flag is one entry here.
+"""
+
+import argparse
+import dataclasses
+
+VQVAE, PRIOR = "vqvae", "prior"
+BOTH = (VQVAE, PRIOR)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One command-line flag of train.py.
+
+    `defines`: the stages whose checkpoints depend on its value, so that --resume refuses a change (empty
+    for settings that may change between sessions of one run, such as --epochs or the hardware).
+    `argument`: (model, parameter) where the value is passed to that model's constructor, if it is.
+    `options`: argparse's add_argument keywords (default, type, choices, help, ...).
+    """
+
+    name: str
+    group: str
+    defines: tuple = ()
+    argument: tuple = None
+    options: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def flag(self):
+        return "--" + self.name.replace("_", "-")
+
+
+def _setting(name, group, defines=(), argument=None, **options):
+    return Setting(name, group, defines, argument, options)
+
+
+SETTINGS = (
+    _setting("data", "data", BOTH, help="folder of OASIS, ADNI or plain image slices (default: the embedded demo)"),
+    _setting("dataset", "data", BOTH, default="auto", choices=["auto", "oasis", "adni", "folder", "demo"],
+             help="layout of --data; auto detects it (default: %(default)s)"),
+    _setting("image_size", "data", BOTH, type=int, default=128,
+             help="side S of the square images (default: %(default)s)"),
+    _setting("validation_fraction", "data", BOTH, type=float, default=0.1,
+             help="share of train patients held out for validation where the data has no such split"),
+    _setting("skip_bad", "data", action="store_true", help="skip unreadable image files instead of stopping"),
+
+    _setting("num_codes", "model", (VQVAE,), (VQVAE, "num_codes"), type=int, default=256,
+             help="codebook size K (default: %(default)s)"),
+    _setting("code_dim", "model", (VQVAE,), (VQVAE, "code_dim"), type=int, default=32,
+             help="code vector size D (default: %(default)s)"),
+    _setting("channels", "model", (VQVAE,), (VQVAE, "channels"), type=int, default=64,
+             help="channels at the code grid (default: %(default)s)"),
+    _setting("downsamplings", "model", (VQVAE,), (VQVAE, "downsamplings"), type=int, default=2,
+             help="stride-2 steps; the code grid is S/2^d a side (default: %(default)s)"),
+    _setting("res_blocks", "model", (VQVAE,), (VQVAE, "res_blocks"), type=int, default=2,
+             help="residual blocks in encoder and decoder"),
+    _setting("beta", "model", (VQVAE,), (VQVAE, "beta"), type=float, default=0.25,
+             help="commitment loss weight (default: %(default)s)"),
+    _setting("ssim_weight", "model", (VQVAE,), (VQVAE, "ssim_weight"), type=float, default=0.05,
+             help="weight of 1 - SSIM added to the squared error (default: %(default)s)"),
+    _setting("ema_decay", "model", (VQVAE,), (VQVAE, "ema_decay"), type=float, default=0.99,
+             help="EMA decay of the codebook; 0 learns it by gradient instead (default: %(default)s)"),
+
+    _setting("prior_epochs", "prior", type=int, default=10, help="epochs of the prior (default: %(default)s)"),
+    _setting("prior_channels", "prior", (PRIOR,), (PRIOR, "channels"), type=int, default=32,
+             help="prior channels (default: %(default)s)"),
+    _setting("prior_layers", "prior", (PRIOR,), (PRIOR, "num_layers"), type=int, default=10,
+             help="gated blocks (default: %(default)s)"),
+    _setting("prior_learning_rate", "prior", (PRIOR,), type=float, default=3e-3,
+             help="Adam learning rate of the prior (default: %(default)s)"),
+    _setting("unconditional", "prior", (PRIOR,), action="store_true",
+             help="ignore class labels (ADNI AD/NC); by default the prior is conditional on them"),
+
+    _setting("stage", "training", default="all", choices=["all", "vqvae", "prior"],
+             help="what to train; prior reuses the VQ-VAE already at --out (default: %(default)s)"),
+    _setting("epochs", "training", type=int, default=12, help="epochs of the VQ-VAE (default: %(default)s)"),
+    _setting("batch_size", "training", BOTH, type=int, default=16, help="images per step (default: %(default)s)"),
+    _setting("learning_rate", "training", (VQVAE,), type=float, default=2e-3,
+             help="Adam learning rate (default: %(default)s)"),
+    _setting("max_minutes", "training", type=float, help="stop each stage's training cleanly after this many minutes"),
+    _setting("seed", "training", BOTH, (VQVAE, "seed"), type=int, default=0,
+             help="seed for data splits, shuffling and weights"),
+    _setting("resume", "training", action="store_true",
+             help="continue the interrupted run with this --out from its last completed epoch"),
+    _setting("deterministic", "training", action="store_true",
+             help="deterministic TensorFlow ops: the same seed and data give the same metrics (slower)"),
+
+    _setting("strategy", "hardware", default="auto", choices=["auto", "none", "mirrored", "multiworker"],
+             help="auto: MirroredStrategy over all GPUs when there are several; multiworker: "
+             "MultiWorkerMirroredStrategy configured by TF_CONFIG. --batch-size is the global batch, split over "
+             "the replicas (default: %(default)s)"),
+    _setting("mixed_precision", "hardware", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+             help="mixed_float16 compute (the quantizer stays float32); auto: on for GPUs of compute capability "
+             "7.0 or newer, off on CPU (default: %(default)s)"),
+    _setting("jit", "hardware", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+             help="compile the training steps with XLA; auto: on with a GPU, off on CPU, where it measured "
+             "slower (default: %(default)s)"),
+
+    _setting("out", "outputs", default="saved_models/vqvae", help="SavedModel folder (default: %(default)s)"),
+    _setting("logdir", "outputs", default="logs",
+             help="TensorBoard folder; vqvae/ and prior/ go inside (default: %(default)s)"),
+)
+
+
+def add_arguments(parser):
+    """Add every setting to an argparse parser, in argument groups."""
+    groups = {}
+    for setting in SETTINGS:
+        if setting.group not in groups:
+            groups[setting.group] = parser.add_argument_group(setting.group)
+        groups[setting.group].add_argument(setting.flag, dest=setting.name, **setting.options)
+
+
+def defaults():
+    """Every setting's default, as an argparse Namespace: what `python train.py` runs with."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args([])
+
+
+def checkpoint_settings(args, stage):
+    """The values of the settings that define `stage`'s checkpoints: what --resume compares."""
+    return {setting.name: getattr(args, setting.name) for setting in SETTINGS if stage in setting.defines}
+
+
+def model_arguments(args, model):
+    """Keyword arguments for `model`'s constructor (VQVAE or PRIOR) from the settings that go to it."""
+    return {setting.argument[1]: getattr(args, setting.name) for setting in SETTINGS
+            if setting.argument and setting.argument[0] == model}
