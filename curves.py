@@ -22,8 +22,9 @@ def read_scalars(logdir):
     return {run: {tag: sorted(points.items()) for tag, points in tags.items()} for run, tags in runs.items()}
 
 
-def plot_training_curves(logdir, path):
-    """Plot train and validation loss and SSIM of the VQ-VAE, and the prior's bits per code, per epoch."""
+def training_curves_figure(logdir):
+    """A matplotlib Figure of the train and validation loss and SSIM of the VQ-VAE, and the prior's bits per
+    code, per epoch; raises FileNotFoundError if `logdir` holds no logs of train.py."""
     runs = read_scalars(logdir)
     panels = [("vqvae", "epoch_loss", "VQ-VAE loss", True), ("vqvae", "epoch_ssim", "VQ-VAE SSIM", False),
               ("prior", "epoch_bits_per_code", "prior NLL (bits per code)", False)]
@@ -43,5 +44,4 @@ def plot_training_curves(logdir, path):
             axis.set_yscale("log")
         axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    return path
+    return figure

@@ -12,8 +12,10 @@ Four sources, each split by patient so that no patient is in two splits:
 Every image becomes grayscale float32 in [0, 1], padded with background to a square, then resized.
 """
 
+import collections
 import dataclasses
 import functools
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -26,7 +28,8 @@ SPLITS = ("train", "validate", "test")
 OASIS_FOLDERS = {split: f"keras_png_slices_{split}" for split in SPLITS}
 ADNI_CLASSES = ("AD", "NC")
 # "case_001_slice_0.nii" -> "case_001"; "941_S_1311_78" -> "941_S_1311"; "sub-01_slice_012" -> "sub-01".
-PATIENT_PATTERN = re.compile(r"^(?P<patient>.+?)(?:_slice)?_(?P<slice>\d+)(?:\.nii)?$")
+# DOTALL and \Z: a newline in a file name is part of the patient id, not the end of the name.
+PATIENT_PATTERN = re.compile(r"^(?P<patient>.+?)(?:_slice)?_(?P<slice>\d+)(?:\.nii)?\Z", re.DOTALL)
 
 
 class DataError(Exception):
@@ -34,6 +37,15 @@ class DataError(Exception):
 
     The command-line tools put the flag that named the data in front of it.
     """
+
+
+class UnreadableImages(DataError):
+    """Image files that could not be decoded (train.py's --skip-bad skips them)."""
+
+
+Decoded = collections.namedtuple("Decoded", ["images", "skipped", "upscaled"])
+Decoded.__doc__ = """A decoded split: the (image, label) dataset, how many unreadable files were skipped, and how many
+images were smaller than the image size and so upscaled."""
 
 
 @dataclasses.dataclass
@@ -67,9 +79,30 @@ def patient_id(path):
 
 
 def _image_files(folder):
-    """All image files below `folder`, sorted, ignoring other files and hidden ones."""
-    return sorted(str(p) for p in Path(folder).rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith("."))
+    """All image files below `folder`, sorted, ignoring other files and hidden ones. Symlinked folders are
+    followed (each real folder once). Raises DataError for a file name that is not valid UTF-8."""
+    found, seen = [], set()
+    for parent, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:  # a link back up the tree: do not walk it again
+            folders.clear()
+            continue
+        seen.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for name in files:
+            path = os.path.join(parent, name)
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".") and os.path.isfile(path):
+                found.append(_checked_name(path))
+    return sorted(found)
+
+
+def _checked_name(path):
+    """`path`, or DataError if its name is not valid UTF-8 (which TensorFlow cannot open)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{path!r}: a file name that is not valid UTF-8; rename it") from None
+    return path
 
 
 def _split_of(files, labels=None):
@@ -212,6 +245,11 @@ def _check_splits(source):
 
 def decode_image(path, image_size):
     """One file -> float32 [S, S, 1] in [0, 1]: grayscale, padded to a square with zeros, area-resized."""
+    return _decode_with_side(path, image_size)[0]
+
+
+def _decode_with_side(path, image_size):
+    """(decode_image of `path`, the longer side of the file's image in pixels)."""
     raw = tf.io.read_file(path)
     image = tf.io.decode_image(raw, channels=1, expand_animations=False, dtype=tf.uint16)
     image = tf.image.convert_image_dtype(image, tf.float32)
@@ -219,34 +257,65 @@ def decode_image(path, image_size):
     side = tf.maximum(height, width)
     image = tf.image.pad_to_bounding_box(image, (side - height) // 2, (side - width) // 2, side, side)
     image = tf.image.resize(image, (image_size, image_size), method="area")
-    return tf.clip_by_value(image, 0.0, 1.0)
+    return tf.clip_by_value(image, 0.0, 1.0), side
 
 
 def decoded_split(split, image_size, skip_bad=False):
-    """A cached dataset of (image, label) for one split, every file decoded once, in file order.
+    """A cached dataset of (image, label) for one split, every file decoded once, in file order; a `Decoded`.
 
-    Files that fail to decode raise DataError naming them, or are dropped and counted with `skip_bad`.
-    Returns (dataset, number of files skipped).
+    Files that fail to decode raise UnreadableImages naming them, or are dropped and counted with `skip_bad`.
     """
     def decode(path, label):
         # Cached as uint8 (a quarter of the memory of float32): the sources are 8-bit images.
-        image = tf.image.convert_image_dtype(decode_image(path, image_size), tf.uint8, saturate=True)
-        return path, image, label
+        image, side = _decode_with_side(path, image_size)
+        return path, tf.image.convert_image_dtype(image, tf.uint8, saturate=True), label, side
 
     files = tf.data.Dataset.from_tensor_slices((split.files, tf.constant(split.labels, tf.int32)))
     decoded = files.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     decoded = decoded.ignore_errors().cache()
     # Decoding everything now fills the cache and finds bad files before any training starts.
-    survivors = {p.decode() for p in decoded.map(lambda path, image, label: path).as_numpy_iterator()}
-    bad = [f for f in split.files if f not in survivors]
+    sides = {path.decode(): int(side) for path, side in
+             decoded.map(lambda path, image, label, side: (path, side)).as_numpy_iterator()}
+    bad = [f for f in split.files if f not in sides]
     if bad and not skip_bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise DataError(f"{bad[0]}: not a readable PNG/JPEG/BMP/GIF image{more}; fix or remove it, "
-                        f"or pass --skip-bad")
+        raise UnreadableImages(f"{bad[0]}: not a readable PNG/JPEG/BMP/GIF image{more}; fix or remove it")
     if len(bad) == len(split.files):
-        raise DataError(f"{split.files[0]}: none of the {len(bad)} images could be read")
-    images = decoded.map(lambda path, image, label: (tf.image.convert_image_dtype(image, tf.float32), label))
-    return images.apply(tf.data.experimental.assert_cardinality(len(survivors))), len(bad)
+        raise UnreadableImages(f"{split.files[0]}: none of the {len(bad)} images could be read")
+    images = decoded.map(lambda path, image, label, side: (tf.image.convert_image_dtype(image, tf.float32), label))
+    images = images.apply(tf.data.experimental.assert_cardinality(len(sides)))
+    return Decoded(images, len(bad), sum(side < image_size for side in sides.values()))
+
+
+def fingerprint(source):
+    """What a source's splits hold, to tell whether a resumed run sees the same data: its folder, and per
+    split the number of files, their total bytes and a hash of their paths (relative to the folder), sizes
+    and labels."""
+    splits = {}
+    for name, split in source.splits.items():
+        digest, total = hashlib.sha256(), 0
+        for file, label in zip(split.files, split.labels):
+            size = os.path.getsize(file)
+            total += size
+            digest.update(f"{os.path.relpath(file, source.root)}\0{size}\0{label}\n".encode("utf-8"))
+        splits[name] = {"files": len(split), "bytes": total, "sha256": digest.hexdigest()}
+    return {"root": os.path.abspath(source.root), "splits": splits}
+
+
+def describe_data_change(saved, now):
+    """None if two fingerprints describe the same splits (or one is unknown), else what changed, in words."""
+    if not saved or not now or saved["splits"] == now["splits"]:
+        return None
+    for name, before in saved["splits"].items():
+        after = now["splits"].get(name)
+        if after != before:
+            if after is None:
+                return f"the {name} split is gone"
+            if (after["files"], after["bytes"]) == (before["files"], before["bytes"]):
+                return f"the {name} split has as many files and bytes as before, but other names or labels"
+            return (f"the {name} split had {before['files']} files ({before['bytes'] / 1e6:.1f} MB) in "
+                    f"{saved['root']}, now {after['files']} ({after['bytes'] / 1e6:.1f} MB) in {now['root']}")
+    return "the splits differ"
 
 
 def epochs_of_batches(dataset, batch_size, seed, first_epoch, last_epoch):

@@ -2,7 +2,8 @@
 
 Images are float32 [N, S, S, 1] in [0, 1]; codes are int32 [N, G, G]; labels int32 [N].
 Always: encode(images) -> codes; decode(codes) -> images; reconstruct(images) -> images;
-metadata() -> JSON string (image_size, grid, num_codes, class_names, has_prior).
+metadata() -> JSON string (image_size, grid, num_codes, class_names, has_prior, and from this version on
+class_counts: the training images of each class, which `sample` draws classes in proportion to).
 With a prior: sample(n, temperature=1, seed=0) -> images (a conditional prior draws classes in training
 proportions); prior_logits(codes[, labels]) -> [N, G, G, K]; log_prob(images[, labels]) -> [N], the
 natural-log likelihood of the images' codes under the prior; conditional priors add
@@ -15,6 +16,7 @@ from pathlib import Path
 import tensorflow as tf
 
 REQUIRED_ENDPOINTS = ("encode", "decode", "reconstruct", "metadata")
+METADATA_KEYS = {"image_size", "grid", "num_codes", "class_names", "has_prior"}
 
 
 def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_counts=None):
@@ -77,9 +79,28 @@ def _add_prior_endpoints(archive, vqvae, prior, specs, class_counts):
 def load_export(path):
     """(the SavedModel at `path`, its metadata dict); raises ValueError starting with `path` if it is not
     one of this project's exports."""
-    if not (Path(path) / "saved_model.pb").exists():
+    path = Path(path)
+    if path.is_file():
+        raise ValueError(f"{path}: a file; expected the SavedModel folder that train.py writes (the folder "
+                         f"holding saved_model.pb, model.keras and config.json)")
+    if not (path / "saved_model.pb").exists():
         raise ValueError(f"{path}: no SavedModel there")
-    model = tf.saved_model.load(str(path))
+    try:
+        model = tf.saved_model.load(str(path))
+    except Exception as error:  # TensorFlow raises many kinds of error for a damaged SavedModel
+        raise ValueError(f"{path}: not a loadable SavedModel ({_first_line(error)})") from None
     if not all(hasattr(model, name) for name in REQUIRED_ENDPOINTS):
         raise ValueError(f"{path}: a SavedModel without this project's encode/decode/reconstruct endpoints")
-    return model, json.loads(model.metadata().numpy().decode())
+    try:
+        metadata = json.loads(model.metadata().numpy().decode())
+    except (ValueError, UnicodeDecodeError, tf.errors.OpError) as error:
+        raise ValueError(f"{path}: its metadata() is not this project's JSON ({_first_line(error)})") from None
+    if not isinstance(metadata, dict) or not METADATA_KEYS <= set(metadata):
+        raise ValueError(f"{path}: its metadata() lacks {', '.join(sorted(METADATA_KEYS))}")
+    return model, metadata
+
+
+def _first_line(error):
+    """The first line of an error's message, with its type, at most 200 characters."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}"

@@ -65,7 +65,9 @@ def evaluate_reconstructions(model, dataset, num_codes, log_prob=None):
     summary = {
         "n_images": int(per_image["ssim"].size),
         "ssim_mean": float(per_image["ssim"].mean()), "ssim_std": float(per_image["ssim"].std()),
-        "psnr_mean": float(per_image["psnr"].mean()), "mse_mean": float(per_image["mse"].mean()),
+        # An exact reconstruction has an infinite PSNR: the mean is over the others, and they are counted.
+        "psnr_mean": _finite_mean(per_image["psnr"]), "n_exact": int(np.isinf(per_image["psnr"]).sum()),
+        "mse_mean": float(per_image["mse"].mean()),
         "ms_ssim_mean": float(per_image["ms_ssim"].mean()) if "ms_ssim" in per_image else None,
         "codes_used": int((counts > 0).sum()), "num_codes": int(num_codes),
         "perplexity": float(perplexity(counts)),
@@ -73,3 +75,17 @@ def evaluate_reconstructions(model, dataset, num_codes, log_prob=None):
     if "bits_per_code" in per_image:
         summary["prior_bits_per_code"] = float(per_image["bits_per_code"].mean())
     return summary, per_image, counts
+
+
+def _finite_mean(values):
+    """The mean of the finite values, or None if there are none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
+
+
+def psnr_text(summary):
+    """The PSNR of an evaluation summary in words, e.g. "PSNR 29.01 dB" or "PSNR 31.20 dB (3 images exact)"."""
+    exact = f" ({summary['n_exact']} images exact)" if summary.get("n_exact") else ""
+    if summary["psnr_mean"] is None:
+        return f"PSNR infinite{exact}"
+    return f"PSNR {summary['psnr_mean']:.2f} dB{exact}"

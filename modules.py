@@ -523,8 +523,11 @@ class GatedPixelCNN(keras.Model):
             else:
                 logits = self.call((codes, labels) if self.num_classes else codes)[:, i, j]
             position_seed = tf.stack([tf.cast(seed, tf.int32), i * g + j])
-            drawn = tf.random.stateless_categorical(logits / tf.cast(temperature, logits.dtype), 1, position_seed,
-                                                    dtype=tf.int32)[:, 0]
+            # The most likely code gets logit 0 before dividing, and temperatures below 1e-30 (which float32
+            # may round to 0) act as 1e-30: greedy, never an overflow or 0 / 0.
+            logits = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
+            divisor = tf.maximum(tf.cast(temperature, logits.dtype), 1e-30)
+            drawn = tf.random.stateless_categorical(logits / divisor, 1, position_seed, dtype=tf.int32)[:, 0]
             here = tf.cast(tf.logical_and(tf.range(g)[:, None] == i, tf.range(g)[None, :] == j), tf.int32)
             codes = codes * (1 - here) + drawn[:, None, None] * here
         return codes

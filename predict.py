@@ -13,18 +13,25 @@ import runtime  # noqa: F401  (first: it sets TensorFlow's environment before Te
 
 import argparse
 import csv
+import json
 import math
+import shlex
+import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure
 
 import dataset
-from curves import plot_training_curves
+from curves import training_curves_figure
 from export import load_export
-from metrics import evaluate_reconstructions, ssim
-from utils import fail, write_json
+from metrics import evaluate_reconstructions, psnr_text, ssim
+from utils import check_output_folder, check_writable, fail, mark_as_ours, write_bytes, write_json
+
+MAX_SAMPLES = 1_000_000  # --n beyond this is refused as a typo rather than a plan
+GRID_SIZE = 64  # the grid shows at most this many of the generated images
 
 
 def parse_args(argv=None):
@@ -44,11 +51,15 @@ def parse_args(argv=None):
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="sampling temperature; lower is more conservative (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the data split")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="images generated at once; memory does not grow with --n (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.n <= 0:
-        parser.error(f"--n {args.n}: expected a positive number of images")
-    if args.temperature <= 0:
-        parser.error(f"--temperature {args.temperature}: expected a positive number")
+    if not 0 < args.n <= MAX_SAMPLES:
+        parser.error(f"--n {args.n}: expected a number of images from 1 to {MAX_SAMPLES:,}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        parser.error(f"--temperature {args.temperature}: expected a finite positive number")
+    if args.batch_size <= 0:
+        parser.error(f"--batch-size {args.batch_size}: expected a positive number")
     return args
 
 
@@ -57,15 +68,35 @@ def open_model(path):
     try:
         return load_export(path)
     except ValueError as error:
-        hint = f" (train one with `python train.py --out {path}`)" if "no SavedModel" in str(error) else ""
+        hint = ""
+        if "no SavedModel" in str(error):
+            hint = f" (train one with `{shlex.join(['python', 'train.py', '--out', str(path)])}`)"
         fail(f"--model {error}{hint}")
+
+
+def check_outputs(args):
+    """Exit with one line, before any work, if the outputs cannot be written where the flags say."""
+    check_output_folder("--out", args.out, "predict.py's outputs")
+    if args.metrics_out:
+        metrics_out = Path(args.metrics_out)
+        if metrics_out.is_dir() or (metrics_out.exists() and not _is_evaluation(metrics_out)):
+            fail(f"--metrics-out {metrics_out}: something that predict.py did not write is there; choose a new file")
+        check_writable("--metrics-out", metrics_out.parent)
+
+
+def _is_evaluation(path):
+    """Whether `path` is a metrics JSON that predict.py --evaluate wrote (and may replace)."""
+    try:
+        return {"n_images", "ssim_mean", "split", "model"} <= set(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def load_split(flag, data, split, image_size, seed):
     """(source, decoded dataset) of one split of DATA ('demo' for the embedded demo); exits on bad input."""
     try:
         source = dataset.load_source(None if data == "demo" else data, seed=seed)
-        return source, dataset.decoded_split(source.splits[split], image_size)[0]
+        return source, dataset.decoded_split(source.splits[split], image_size).images
     except dataset.DataError as error:
         fail(f"{flag} {error}")
 
@@ -88,33 +119,72 @@ def reconstruct_figure(model, metadata, data, n, seed, out):
         axis.axis("off")
     figure.suptitle(f"{source.kind} test slices (top) and reconstructions (bottom); mean SSIM {scores.mean():.3f}",
                     fontsize=9)
-    out.mkdir(parents=True, exist_ok=True)
+    mark_as_ours(out, "predictions")
     path = out / f"reconstructions_{source.kind}.png"
     figure.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
 
 def generate(model, metadata, args, out):
-    """Sample `args.n` new slices; write them one PNG each and as a grid. Returns (grid path, image paths)."""
+    """Sample `args.n` new slices, --batch-size at a time, each written as a PNG as soon as it is drawn (so a
+    stopped run leaves complete images), and a grid of the first 64. Returns (grid path, image paths)."""
+    classes = metadata["class_names"]
     if not metadata.get("has_prior"):
         fail(f"--model {args.model}: this export has no prior to sample from; "
              f"use --reconstruct DATA, or train one with train.py --stage prior")
-    classes = metadata["class_names"]
     if args.label is not None and not classes:
         fail(f"--label {args.label}: the model at {args.model} is not class-conditional")
     if args.label is not None and args.label not in classes:
         fail(f"--label {args.label}: expected one of {', '.join(classes)}")
-    n, temperature, seed = tf.constant(args.n), tf.constant(args.temperature), tf.constant(args.seed)
-    if args.label is not None:
-        images = model.sample_class(n, tf.constant(classes.index(args.label)), temperature, seed).numpy()
-    else:
-        images = model.sample(n, temperature, seed).numpy()
-    out.mkdir(parents=True, exist_ok=True)
+    check_disk_space(out, args.n, metadata["image_size"])
+    mark_as_ours(out, "predictions")
     stem = f"sample_{args.label}" if args.label else "sample"
-    paths = []
-    for index, image in enumerate(images):
-        paths.append(out / f"{stem}_{index:03d}.png")
-        tf.io.write_file(str(paths[-1]), tf.io.encode_png(tf.cast(tf.round(image * 255), tf.uint8)))
+    width = max(3, len(str(args.n - 1)))
+    paths, shown = [], []
+    progress = keras.utils.Progbar(args.n, unit_name="image")
+    for batch, start in enumerate(range(0, args.n, args.batch_size)):
+        images = draw(model, classes, args, min(args.batch_size, args.n - start), batch_seed(args.seed, batch))
+        for image in images:
+            paths.append(out / f"{stem}_{len(paths):0{width}d}.png")
+            write_bytes(paths[-1], tf.io.encode_png(tf.cast(tf.round(image * 255), tf.uint8)).numpy())
+        shown.extend(images[:GRID_SIZE - len(shown)])
+        progress.add(len(images))
+    title = f"{args.label or 'generated'} (temperature {args.temperature}, seed {args.seed})"
+    if args.n > len(shown):
+        title += f": the first {len(shown)} of {args.n}"
+    return grid_figure(shown, title, out / f"{stem}_grid.png"), paths
+
+
+def check_disk_space(out, n, image_size):
+    """Exit with one line if `n` PNGs of the image size may not fit on the disk of `out`."""
+    existing = Path(out).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    needed = n * (image_size * image_size * 1.1 + 1024)  # an 8-bit PNG is at most about its raw size
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        fail(f"--n {n}: {n:,} images of {image_size}x{image_size} may need {needed / 1e9:.1f} GB, and "
+             f"{existing} has {free / 1e9:.1f} GB free")
+
+
+def batch_seed(seed, batch):
+    """The sampler's seed for one batch: `seed` itself for the first (so --n up to --batch-size draws what the
+    export's sample(n, temperature, seed) draws), then seeds derived from (seed, batch)."""
+    if batch == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**32, batch]).generate_state(1)[0] >> 1)
+
+
+def draw(model, classes, args, count, seed):
+    """`count` images [count, S, S, 1] sampled from the export's prior (of --label's class if given)."""
+    count, temperature, seed = tf.constant(count), tf.constant(args.temperature), tf.constant(seed)
+    if args.label is not None:
+        return model.sample_class(count, tf.constant(classes.index(args.label)), temperature, seed).numpy()
+    return model.sample(count, temperature, seed).numpy()
+
+
+def grid_figure(images, title, path):
+    """Write the images as a square grid with a title."""
     columns = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     figure = Figure(figsize=(1.6 * columns, 1.6 * rows))
@@ -123,24 +193,19 @@ def generate(model, metadata, args, out):
         axis.axis("off")
     for axis, image in zip(axes.flat, images):
         axis.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
-    figure.suptitle(f"{args.label or 'generated'} (temperature {args.temperature}, seed {args.seed})", fontsize=9)
-    grid_path = out / f"{stem}_grid.png"
-    figure.savefig(grid_path, dpi=100, bbox_inches="tight")
-    return grid_path, paths
+    figure.suptitle(title, fontsize=9)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    return path
 
 
 def evaluate_split(model, metadata, args, out):
     """Evaluate one split: metrics JSON, per-image CSV, best/median/worst figure, codebook histogram."""
     source, decoded = load_split("--evaluate", args.evaluate, args.split, metadata["image_size"], args.seed)
-    conditional = bool(metadata["class_names"])
-    log_prob = None
-    if metadata.get("has_prior"):
-        log_prob = (lambda images, labels: model.log_prob(images, labels)) if conditional else \
-            (lambda images, labels: model.log_prob(images))
+    log_prob = prior_scorer(model, metadata, source.class_names)
     summary, per_image, counts = evaluate_reconstructions(model, dataset.batched(decoded, 32),
                                                          metadata["num_codes"], log_prob)
     summary.update(data=source.root, source=source.kind, split=args.split, model=str(args.model))
-    out.mkdir(parents=True, exist_ok=True)
+    mark_as_ours(out, "predictions")
     paths = {"metrics": Path(args.metrics_out or out / f"evaluation_{args.split}.json"),
              "csv": out / f"evaluation_{args.split}.csv",
              "examples": out / f"evaluation_{args.split}_examples.png",
@@ -157,6 +222,30 @@ def evaluate_split(model, metadata, args, out):
     examples_figure(model, decoded, per_image["ssim"], paths["examples"])
     codebook_figure(counts, paths["codebook"])
     return summary, paths
+
+
+def prior_scorer(model, metadata, data_class_names):
+    """(images, labels) -> the log-likelihood of the images' codes under the export's prior; None without a
+    prior. A class-conditional prior scores an image under its own class, matched by name, and an image
+    whose class it does not know (unlabelled data, other class names) under the mixture of its classes in
+    their training proportions: log sum_c p(c) p(codes | c)."""
+    classes = metadata["class_names"]
+    if not metadata.get("has_prior"):
+        return None
+    if not classes:
+        return lambda images, labels: model.log_prob(images)
+    to_model = tf.constant([classes.index(name) if name in classes else -1 for name in data_class_names] + [-1])
+    counts = np.asarray(metadata.get("class_counts") or [1] * len(classes), np.float32)
+    log_weights = tf.constant(np.log(counts / counts.sum()))
+
+    def log_prob(images, labels):
+        per_class = tf.stack([model.log_prob(images, tf.fill(tf.shape(labels), k)) for k in range(len(classes))], 1)
+        known = tf.gather(to_model, tf.where(labels >= 0, labels, len(data_class_names)))  # -1: unknown class
+        mixture = tf.reduce_logsumexp(per_class + log_weights, axis=1)
+        own = tf.gather(per_class, tf.maximum(known, 0), batch_dims=1)
+        return tf.where(known >= 0, own, mixture)
+
+    return log_prob
 
 
 def examples_figure(model, decoded, scores, path):
@@ -190,12 +279,15 @@ def codebook_figure(counts, path):
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
+    check_outputs(args)
     if args.curves:
-        out.mkdir(parents=True, exist_ok=True)
         try:
-            print(f"Training curves: {plot_training_curves(args.curves, out / 'training_curves.png')}")
+            figure = training_curves_figure(args.curves)
         except FileNotFoundError as error:
             fail(f"--curves {error}")
+        mark_as_ours(out, "predictions")
+        figure.savefig(out / "training_curves.png", dpi=100)
+        print(f"Training curves: {out / 'training_curves.png'}")
         return
     model, metadata = open_model(args.model)
     if args.reconstruct:
@@ -207,7 +299,7 @@ def main(argv=None):
         bits = summary.get("prior_bits_per_code")
         prior = f", prior {bits:.3f} bits per code" if bits is not None else ""
         print(f"{summary['source']} {args.split} ({summary['n_images']} images): SSIM {summary['ssim_mean']:.4f} "
-              f"± {summary['ssim_std']:.4f}, PSNR {summary['psnr_mean']:.2f} dB, codes used "
+              f"± {summary['ssim_std']:.4f}, {psnr_text(summary)}, codes used "
               f"{summary['codes_used']}/{summary['num_codes']}{prior}")
         for name, path in paths.items():
             print(f"{name:>9}: {path}")

@@ -18,6 +18,7 @@ import runtime  # noqa: F401  (first: it sets TensorFlow's environment before Te
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -37,11 +38,12 @@ import tensorflow as tf
 import dataset
 import settings
 from checkpoints import CheckpointState, EpochCheckpoints, ResumeError
-from curves import plot_training_curves
+from curves import training_curves_figure
 from export import export_savedmodel
-from metrics import evaluate_reconstructions
+from metrics import evaluate_reconstructions, psnr_text
 from modules import GatedPixelCNN, VQVAETrainer, bits_per_code
-from utils import atomic_directory, fail, write_json
+from utils import (RunLock, atomic_directory, check_output_folder, check_writable, fail, is_ours, mark_as_ours,
+                   write_json)
 
 
 def build_parser():
@@ -79,6 +81,8 @@ def _check_args(parser, args):
         parser.error(f"--ssim-weight {args.ssim_weight}: expected a weight >= 0")
     if not 0 <= args.ema_decay < 1:
         parser.error(f"--ema-decay {args.ema_decay}: expected 0 (off) or a value in (0, 1)")
+    if args.data is not None:  # --resume compares where the data is, however it was spelled
+        args.data = os.path.abspath(args.data)
 
 
 def configure_hardware(args):
@@ -105,6 +109,12 @@ def configure_hardware(args):
         keras.mixed_precision.set_global_policy("mixed_float16")
     jit = args.jit == "on" or (args.jit == "auto" and bool(gpus))
     return strategy, jit
+
+
+def _inside(path, folder):
+    """Whether `path` is `folder` or lies inside it."""
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return path == folder or folder in path.parents
 
 
 def workers_of(strategy):
@@ -145,14 +155,32 @@ class Run:
     def log_folder(self, stage):
         return self.logdir / stage
 
-    def open_checkpoints(self, stage, stage_settings, resume, required):
+    def open_checkpoints(self, stage, stage_settings, resume, required, data):
         """The CheckpointState of `stage` to continue from, or a fresh one; exits with one line if --resume
         cannot continue."""
         write_folder = self.checkpoints / stage if self.is_chief else self.scratch / "checkpoints" / stage
         try:
-            return CheckpointState.open(self.checkpoints / stage, stage_settings, resume, required, write_folder)
+            return CheckpointState.open(self.checkpoints / stage, stage_settings, resume, required, write_folder,
+                                        data)
         except ResumeError as error:
             fail(f"--resume: {error}")
+
+    @contextlib.contextmanager
+    def claim_outputs(self):
+        """Check, before any work, that this run may write its outputs, then hold the lock that keeps a
+        second run off them until this one ends (the chief alone; the other workers write nothing)."""
+        if not self.is_chief:
+            yield
+            return
+        check_output_folder("--out", self.out, "the SavedModel")
+        check_output_folder("--out", self.checkpoints, "the checkpoints (OUT_checkpoints)")
+        check_writable("--logdir", self.logdir)
+        if self.logdir.exists() and not self.logdir.is_dir():
+            fail(f"--logdir {self.logdir}: a file is there; expected a folder for TensorBoard logs")
+        if _inside(self.logdir, self.out):
+            fail(f"--logdir {self.logdir}: expected a folder outside --out {self.out}, which is replaced on export")
+        with RunLock(self.checkpoints):
+            yield
 
     def on_chief_alone(self):
         """This run with the chief's local devices only, for the prior (see main)."""
@@ -267,22 +295,33 @@ class PriorSamples(keras.callbacks.Callback):
         self.writer.flush()
 
 
+Data = collections.namedtuple("Data", ["source", "decoded", "fingerprint"])
+Data.__doc__ = """The data of a run: the source and its splits, each split decoded to a dataset of (image, label),
+and the fingerprint of the splits that --resume checks."""
+
+
 def load_data(args):
     """The chosen source and its splits, decoded; exits with one line on bad input."""
     try:
         source = dataset.load_source(args.data, args.dataset, seed=args.seed,
                                      validation_fraction=args.validation_fraction)
-        decoded, skipped = {}, 0
-        for name, split in source.splits.items():
-            decoded[name], bad = dataset.decoded_split(split, args.image_size, skip_bad=args.skip_bad)
-            skipped += bad
+        decoded = {name: dataset.decoded_split(split, args.image_size, skip_bad=args.skip_bad)
+                   for name, split in source.splits.items()}
+    except dataset.UnreadableImages as error:
+        fail(f"--data {error}, or pass --skip-bad")
     except dataset.DataError as error:
         fail(f"--data {error}")
+    skipped = sum(split.skipped for split in decoded.values())
     if skipped:
         print(f"Skipped {skipped} unreadable image files (--skip-bad).")
+    upscaled = sum(split.upscaled for split in decoded.values())
+    if upscaled:
+        print(f"Note: {upscaled} images are smaller than --image-size {args.image_size} and were upscaled to it.")
     print(f"Data: {source.kind} at {source.root}: " + ", ".join(
-        f"{name} {len(split)} images of {len(set(split.patients))} patients" for name, split in source.splits.items()))
-    return source, decoded
+        f"{name} {len(split) - decoded[name].skipped} images of {len(set(split.patients))} patients"
+        for name, split in source.splits.items()))
+    images = {name: split.images for name, split in decoded.items()}
+    return Data(source, images, dataset.fingerprint(source))
 
 
 def stage_batches(train, validate, batch_size, seed, first_epoch, epochs):
@@ -301,7 +340,10 @@ def fit_stage(model, stage, state, batches, run, callbacks=()):
 
     Raises KeyboardInterrupt after a Ctrl-C (the last completed epoch is saved).
     """
-    state.restore_latest(model)
+    try:
+        state.restore_latest(model)
+    except ResumeError as error:
+        fail(f"--resume: {error}")
     clock = TrainingClock(run.max_minutes, state.train_seconds, state.train_steps)
     stop = StopOnSignal()
     callbacks = [EpochCheckpoints(state, clock, stage.monitor),
@@ -340,14 +382,15 @@ def cosine_adam(learning_rate, epochs, steps_per_epoch):
     return keras.optimizers.Adam(schedule)
 
 
-def train_vqvae(args, decoded, run, extra_callbacks=()):
+def train_vqvae(args, data, run, extra_callbacks=()):
     """Train (or resume) the VQ-VAE stage; returns the model and its test metrics."""
     stage = Stage("vqvae", args.epochs, "val_reconstruction_loss", "--learning-rate", args.learning_rate)
     # The VQ commitment loss grows with the encoder's output scale and says nothing of quality: the best epoch
     # is picked by the validation reconstruction loss, not the total.
     stage_settings = {**settings.checkpoint_settings(args, stage.name),
                       "dtype_policy": keras.mixed_precision.global_policy().name}
-    state = run.open_checkpoints(stage.name, stage_settings, args.resume, required=True)
+    state = run.open_checkpoints(stage.name, stage_settings, args.resume, required=True, data=data.fingerprint)
+    decoded = data.decoded
     # Images alone, without labels: Keras' fit cannot start on nested batches under multi-worker training
     # (keras-team/keras#20585), and the VQ-VAE has no use for labels.
     images = {name: decoded[name].map(lambda image, label: image) for name in ("train", "validate")}
@@ -383,14 +426,16 @@ def fingerprint(vqvae):
     return hashlib.sha256(np.asarray(vqvae.quantizer.codebook).tobytes()).hexdigest()[:16]
 
 
-def train_prior(args, vqvae, decoded, class_names, run):
+def train_prior(args, vqvae, data, run):
     """Train (or resume) the gated PixelCNN on the code grids of the train split; returns it and its metrics."""
     stage = Stage("prior", args.prior_epochs, "val_loss", "--prior-learning-rate", args.prior_learning_rate)
     stage_settings = {**settings.checkpoint_settings(args, stage.name), "vqvae_fingerprint": fingerprint(vqvae),
                       "dtype_policy": keras.mixed_precision.global_policy().name}
-    state = run.open_checkpoints(stage.name, stage_settings, args.resume, required=args.stage == "prior")
+    state = run.open_checkpoints(stage.name, stage_settings, args.resume, required=args.stage == "prior",
+                                 data=data.fingerprint)
+    class_names = data.source.class_names
     num_classes = len(class_names) if class_names and not args.unconditional else 0
-    codes = {name: encode_split(vqvae, decoded[name], args.batch_size) for name in ("train", "validate")}
+    codes = {name: encode_split(vqvae, data.decoded[name], args.batch_size) for name in ("train", "validate")}
     pairs = {name: code_pairs(*codes[name], num_classes) for name in codes}
     batches = stage_batches(pairs["train"], pairs["validate"], args.batch_size, args.seed, state.epochs_done,
                             args.prior_epochs)
@@ -433,33 +478,42 @@ def main(argv=None):
     strategy, jit = configure_hardware(args)
     keras.utils.set_random_seed(args.seed)
     run = Run.of(args, strategy, jit)
-    if args.stage == "prior":  # before decoding any data, so that a missing model fails at once
-        vqvae, metrics = load_trained_vqvae(run.out)
-    source, decoded = load_data(args)
-    prior = None
-    try:
-        if args.stage != "prior":
-            vqvae, metrics = train_vqvae(args, decoded, run)
-        if args.stage in ("all", "prior") and run.is_chief:
-            # The prior over small code grids is a few percent of the work; a multi-worker run trains it on
-            # the chief alone, whose local devices suffice (and Keras 3 cannot fit its nested batches there).
-            prior, prior_metrics = train_prior(args, vqvae, decoded, source.class_names, run.on_chief_alone())
-            metrics.update(prior_metrics)
-    except KeyboardInterrupt:
-        print(f"Interrupted; the last completed epoch is saved in {run.checkpoints}/. To continue, run: "
-              f"{resume_command()}", file=sys.stderr)
-        sys.exit(130)
-    if not run.is_chief:
-        print("Training done; the chief worker writes the outputs.")
-        return
-    export_run(args, run, source, vqvae, prior, metrics)
+    with run.claim_outputs():
+        # --stage prior loads the VQ-VAE before decoding any data, so that a missing model fails at once.
+        trained = load_trained_vqvae(run.out) if args.stage == "prior" else None
+        data = load_data(args)
+        try:
+            vqvae, prior, metrics = train_stages(args, run, data, trained)
+        except KeyboardInterrupt:
+            print(f"Interrupted; the last completed epoch is saved in {run.checkpoints}/. To continue, run: "
+                  f"{resume_command()}", file=sys.stderr)
+            sys.exit(130)
+        if not run.is_chief:
+            print("Training done; the chief worker writes the outputs.")
+            return
+        export_run(args, run, data, vqvae, prior, metrics)
     report(run, metrics)
 
 
-def export_run(args, run, source, vqvae, prior, metrics):
+def train_stages(args, run, data, trained=None):
+    """Train the stages that --stage names, starting from the `trained` (VQ-VAE, metrics) for --stage prior;
+    returns the VQ-VAE, the prior (None if not trained here) and their metrics."""
+    vqvae, metrics = trained or train_vqvae(args, data, run)
+    prior = None
+    if args.stage in ("all", "prior") and run.is_chief:
+        # The prior over small code grids is a few percent of the work; a multi-worker run trains it on the
+        # chief alone, whose local devices suffice (and Keras 3 cannot fit its nested batches there).
+        prior, prior_metrics = train_prior(args, vqvae, data, run.on_chief_alone())
+        metrics.update(prior_metrics)
+    return vqvae, prior, metrics
+
+
+def export_run(args, run, data, vqvae, prior, metrics):
     """Write the SavedModel, the Keras models, config.json, metrics.json and the training curves to --out,
-    all at once (atomically)."""
-    config = {**vars(args), "source": source.kind, "data_root": source.root, "class_names": source.class_names,
+    all at once (atomically); exits with one line if --out cannot be written."""
+    source = data.source
+    config = {**vars(args), "source": source.kind, "data_root": os.path.abspath(source.root),
+              "data_fingerprint": data.fingerprint, "class_names": source.class_names,
               "split_sizes": {name: len(split) for name, split in source.splits.items()},
               "dtype_policy": keras.mixed_precision.global_policy().name, "jit_compile": run.jit,
               "replicas": run.strategy.num_replicas_in_sync,
@@ -467,21 +521,30 @@ def export_run(args, run, source, vqvae, prior, metrics):
               "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
     metadata = {"image_size": args.image_size, "grid": args.image_size // vqvae.downsampling_factor,
                 "num_codes": vqvae.quantizer.num_codes, "has_prior": prior is not None,
-                "class_names": source.class_names if prior and prior.num_classes else []}
-    with atomic_directory(run.out) as tmp:
-        export_savedmodel(vqvae, tmp, args.image_size, metadata, prior, metrics.get("prior_class_counts") or None)
-        vqvae.save(tmp / "model.keras")
-        if prior is not None:
-            prior.save(tmp / "prior.keras")
-        write_json(tmp / "config.json", config)
-        write_json(tmp / "metrics.json", metrics)
-        plot_training_curves(run.logdir, tmp / "training_curves.png")
+                "class_names": source.class_names if prior and prior.num_classes else [],
+                "class_counts": metrics.get("prior_class_counts") or []}
+    if run.out.exists() and not is_ours(run.out):  # it appeared while this run trained
+        fail(f"--out {run.out}: a folder that this tool did not write appeared there during training; move it "
+             f"away and run: {resume_command()}")
+    try:
+        with atomic_directory(run.out) as tmp:
+            export_savedmodel(vqvae, tmp, args.image_size, metadata, prior, metadata["class_counts"] or None)
+            vqvae.save(tmp / "model.keras")
+            if prior is not None:
+                prior.save(tmp / "prior.keras")
+            write_json(tmp / "config.json", config)
+            write_json(tmp / "metrics.json", metrics)
+            training_curves_figure(run.logdir).savefig(tmp / "training_curves.png", dpi=100)
+            mark_as_ours(tmp, "export")
+    except OSError as error:
+        fail(f"--out {run.out}: cannot write the export ({error}); the checkpoints are kept, so fix it and run: "
+             f"{resume_command()}")
 
 
 def report(run, metrics):
     """Print the test metrics and where every output went."""
     print(f"Test ({metrics['n_images']} images): SSIM {metrics['ssim_mean']:.4f} ± {metrics['ssim_std']:.4f}, "
-          f"PSNR {metrics['psnr_mean']:.2f} dB, codes used {metrics['codes_used']}/{metrics['num_codes']}, "
+          f"{psnr_text(metrics)}, codes used {metrics['codes_used']}/{metrics['num_codes']}, "
           f"perplexity {metrics['perplexity']:.1f}; trained {metrics['train_seconds'] / 60:.1f} min at "
           f"{metrics['train_images_per_second']:.1f} images/s")
     if "prior_validation_bits_per_code" in metrics:
@@ -498,7 +561,7 @@ def report(run, metrics):
     print(f"Metrics:     {out / 'metrics.json'}")
     print(f"Curves:      {out / 'training_curves.png'}")
     print(f"Checkpoints: {run.checkpoints}/  (--resume continues from the latest epoch)")
-    print(f"TensorBoard: tensorboard --logdir {run.logdir}")
+    print(f"TensorBoard: tensorboard --logdir {shlex.quote(str(run.logdir))}")
 
 
 if __name__ == "__main__":

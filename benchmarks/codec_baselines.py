@@ -55,7 +55,7 @@ def main():
     size, grid, num_codes = metadata["image_size"], metadata["grid"], metadata["num_codes"]
     bits = grid * grid * math.log2(num_codes)
     test = dataset.load_source(args.data).splits["test"]
-    decoded, _ = dataset.decoded_split(test, size)
+    decoded = dataset.decoded_split(test, size).images
     images = np.stack([image for image, _ in decoded.as_numpy_iterator()])
     images = images[:: max(1, len(images) // args.limit)][: args.limit]
 

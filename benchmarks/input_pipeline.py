@@ -35,7 +35,7 @@ def main():
     split = source.splits["train"]
 
     start = time.perf_counter()
-    decoded, _ = dataset.decoded_split(split, args.image_size)
+    decoded = dataset.decoded_split(split, args.image_size).images
     first_pass = len(split) / (time.perf_counter() - start)
 
     epoch = dataset.epochs_of_batches(decoded, args.batch_size, seed=0, first_epoch=0, last_epoch=2)

@@ -69,12 +69,12 @@ def main():
                                    "--out", f"{scratch}/vqvae", "--logdir", f"{scratch}/logs", *args.train_args])
     strategy, jit = train.configure_hardware(train_args)
     keras.utils.set_random_seed(train_args.seed)
-    source, decoded = train.load_data(train_args)
-    test_images = [images for images, _ in dataset.batched(decoded["test"], 64)]
+    data = train.load_data(train_args)
+    test_images = [images for images, _ in dataset.batched(data.decoded["test"], 64)]
     scorer = ScoreEveryMinute(test_images)
-    train.train_vqvae(train_args, decoded, train.Run.of(train_args, strategy, jit), [scorer])
+    train.train_vqvae(train_args, data, train.Run.of(train_args, strategy, jit), [scorer])
     reached = next((point["minutes"] for point in scorer.scores if point["test_ssim"] >= args.target), None)
-    print(json.dumps({"benchmark": "quality_per_time", "data": source.kind, "test_images": len(source.splits["test"]),
+    print(json.dumps({"benchmark": "quality_per_time", "data": data.source.kind, "test_images": len(data.source.splits["test"]),
                       "budget_minutes": args.minutes, "final_test_ssim": scorer.scores[-1]["test_ssim"],
                       "target_ssim": args.target, "minutes_to_target": reached,
                       "device": "GPU" if tf.config.list_physical_devices("GPU") else f"CPU x{os.cpu_count()}",

@@ -2,6 +2,9 @@
 
 import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +62,24 @@ def adni_root(tmp_path):
     """ADNI as distributed: <root>/AD_NC/{train,test}/{AD,NC}, 5+5 train and 2+2 test patients."""
     write_adni(tmp_path / "AD_NC")
     return tmp_path
+
+
+TINY = ["--image-size", "32", "--epochs", "2", "--batch-size", "8", "--channels", "16", "--code-dim", "8",
+        "--num-codes", "16", "--res-blocks", "1", "--prior-epochs", "2", "--prior-channels", "8", "--prior-layers", "3"]
+
+
+def run(args, cwd=ROOT, env=None):
+    """Run a command with a clean environment; returns the CompletedProcess."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """One tiny training run shared by the tests: (output folder, log folder, data root, its stdout)."""
+    tmp = tmp_path_factory.mktemp("run")
+    data = write_adni(tmp / "AD_NC", train_patients=4, test_patients=2, slices=4)
+    out, logdir = tmp / "saved_models" / "vqvae", tmp / "logs"
+    result = run([sys.executable, "train.py", "--data", str(data), "--out", str(out), "--logdir", str(logdir), *TINY])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, logdir, data, result.stdout

@@ -13,7 +13,7 @@ from conftest import fake_slice, write_adni
 
 
 def images_of(split, size=32):
-    decoded, skipped = dataset.decoded_split(split, size)
+    decoded, skipped, _ = dataset.decoded_split(split, size)
     pairs = list(decoded.as_numpy_iterator())
     return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs]), skipped
 
@@ -115,7 +115,7 @@ def test_corrupt_file_is_named_or_skipped(oasis_root):
     split = dataset.load_source(str(oasis_root)).splits["train"]
     with pytest.raises(dataset.DataError, match="case_001_slice_2.nii.png"):
         dataset.decoded_split(split, 32)
-    decoded, skipped = dataset.decoded_split(split, 32, skip_bad=True)
+    decoded, skipped, _ = dataset.decoded_split(split, 32, skip_bad=True)
     assert skipped == 1 and len(list(decoded)) == 11
 
 

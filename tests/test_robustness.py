@@ -10,9 +10,8 @@ import keras
 import pytest
 from PIL import Image
 
-from conftest import ROOT, write_adni
-from test_train import run
 from checkpoints import CheckpointState, EpochCheckpoints
+from conftest import ROOT, run, write_adni
 from train import TrainingClock
 
 TINY = ["--image-size", "32", "--epochs", "3", "--batch-size", "8", "--channels", "16", "--code-dim", "8",

@@ -15,28 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, write_adni
-
-TINY = ["--image-size", "32", "--epochs", "2", "--batch-size", "8", "--channels", "16", "--code-dim", "8",
-        "--num-codes", "16", "--res-blocks", "1", "--prior-epochs", "2", "--prior-channels", "8", "--prior-layers", "3"]
-
-
-def run(args, cwd=ROOT, env=None):
-    """Run a command with a clean environment; returns the CompletedProcess."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny training run shared by the tests below: (output folder, log folder, data root)."""
-    tmp = tmp_path_factory.mktemp("run")
-    data = write_adni(tmp / "AD_NC", train_patients=4, test_patients=2, slices=4)
-    out, logdir = tmp / "saved_models" / "vqvae", tmp / "logs"
-    result = run([sys.executable, "train.py", "--data", str(data), "--out", str(out), "--logdir", str(logdir), *TINY])
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, logdir, data, result.stdout
-
+from conftest import TINY, run
 
 def summary_tags(logdir):
     """Every "stage/split/tag" written under a run's logdir."""
