@@ -3,6 +3,7 @@ files and folders written atomically, so that no reader ever sees half of one.""
 
 import contextlib
 import fcntl
+import fnmatch
 import json
 import math
 import os
@@ -68,7 +69,9 @@ def atomic_directory(path):
 # Outputs that never destroy what the tool did not write
 
 MARKER = ".brain_vqvae"  # in every folder the tools create; says the folder and what the tools write in it are theirs
-LEGACY_EXPORT_FILES = ("saved_model.pb", "model.keras", "config.json", "metrics.json")  # exports made before markers
+# What the tools wrote before markers existed.
+LEGACY_EXPORT_FILES = ("saved_model.pb", "model.keras", "config.json", "metrics.json")
+LEGACY_PREDICTION_FILES = ("sample_*.png", "reconstructions_*.png", "evaluation_*", "training_curves.png")
 
 
 def mark_as_ours(folder, kind):
@@ -81,12 +84,16 @@ def mark_as_ours(folder, kind):
 
 
 def is_ours(folder):
-    """Whether `folder` was written by this project's tools: it has the marker, or is an export or a
-    checkpoint folder made before markers existed."""
+    """Whether `folder` was written by this project's tools: it has the marker, or is an export, a
+    checkpoint folder or a folder of predict.py's outputs made before markers existed."""
     folder = Path(folder)
+    if not folder.is_dir():
+        return False
     legacy_export = all((folder / name).is_file() for name in LEGACY_EXPORT_FILES)
     legacy_checkpoints = any((folder / stage / "state.json").is_file() for stage in ("vqvae", "prior"))
-    return (folder / MARKER).is_file() or legacy_export or legacy_checkpoints
+    legacy_predictions = all(path.is_file() and any(fnmatch.fnmatch(path.name, pattern) for pattern in
+                                                    LEGACY_PREDICTION_FILES) for path in folder.iterdir())
+    return (folder / MARKER).is_file() or legacy_export or legacy_checkpoints or legacy_predictions
 
 
 def check_output_folder(flag, path, purpose, may_exist=True):
