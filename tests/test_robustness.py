@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from checkpoints import CheckpointState, EpochCheckpoints
-from conftest import ROOT, run, write_adni
+import train
+from conftest import ROOT, call_main, run, write_adni
 from train import TrainingClock
 
 TINY = ["--image-size", "32", "--epochs", "3", "--batch-size", "8", "--channels", "16", "--code-dim", "8",
@@ -123,11 +124,14 @@ def write_empty(root):
     (lambda root: write_adni(root / "AD_NC", 4, 1, 2), ["--resume"], "--resume: no saved run"),
     (lambda root: write_adni(root / "AD_NC", 4, 1, 2), ["--strategy", "multiworker"], "set TF_CONFIG"),
 ])
-def test_bad_data_gives_one_line_and_no_outputs(tmp_path, make, args, message):
+def test_bad_data_gives_one_line_and_no_outputs(tmp_path, capsys, monkeypatch, make, args, message):
     data = make(tmp_path / "in")
     out = tmp_path / "out" / "vqvae"
-    result = run([sys.executable, "train.py", "--data", str(data), "--out", str(out), "--logdir",
-                  str(tmp_path / "logs"), *TINY, "--epochs", "1", *args], env={"TF_CONFIG": ""})
+    monkeypatch.setenv("TF_CONFIG", "")
+    # In this process, so without --deterministic, which TensorFlow cannot turn off again.
+    tiny = [flag for flag in TINY if flag != "--deterministic"]
+    result = call_main(train.main, ["--data", str(data), "--out", str(out), "--logdir", str(tmp_path / "logs"),
+                                    *tiny, "--epochs", "1", *args], capsys)
     assert result.returncode not in (0, None) and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, result.stderr[-2000:]

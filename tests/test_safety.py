@@ -21,7 +21,7 @@ import dataset
 import predict
 import train
 from checkpoints import CheckpointState, ResumeError
-from conftest import ROOT, TINY, fake_slice, run, write_adni
+from conftest import ROOT, TINY, call_main, fake_slice, run, write_adni
 from metrics import evaluate_reconstructions
 from test_prior import tiny_prior
 from utils import MARKER, RunLock, check_output_folder, write_json
@@ -35,11 +35,10 @@ def last_error(capsys):
 
 
 def refused(main, argv, capsys):
-    """Run a tool's main in this process; assert it exits 2 with one line, and return that line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    return last_error(capsys)
+    """Run a tool's main in this process; assert it exits 2, and return the last line it wrote to stderr."""
+    result = call_main(main, argv, capsys)
+    assert result.returncode == 2, result.stderr[-2000:]
+    return result.stderr.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -252,21 +251,17 @@ def test_outputs_where_nothing_can_be_written_are_refused_before_any_work(data, 
     assert not list(tmp_path.iterdir())
 
 
-def write_lookalike(path, metadata=None, drop_variables=False):
+def write_lookalike(path, drop_variables=False):
     """A SavedModel with this project's endpoint names but other contents."""
-    script = textwrap.dedent(f"""
-        import shutil, tensorflow as tf
-        module = tf.Module()
-        module.scale = tf.Variable(2.0)
-        spec = tf.TensorSpec([None], tf.float32)
-        for name in ("encode", "decode", "reconstruct"):
-            setattr(module, name, tf.function(lambda x: module.scale * x, input_signature=[spec]))
-        module.metadata = tf.function(lambda: tf.constant({metadata or "not json"!r}), input_signature=[])
-        tf.saved_model.save(module, {str(path)!r})
-        if {drop_variables}:
-            shutil.rmtree({str(path / "variables")!r})
-    """)
-    assert run([sys.executable, "-c", script]).returncode == 0
+    module = tf.Module()
+    module.scale = tf.Variable(2.0)
+    spec = tf.TensorSpec([None], tf.float32)
+    for name in ("encode", "decode", "reconstruct"):
+        setattr(module, name, tf.function(lambda x: module.scale * x, input_signature=[spec]))
+    module.metadata = tf.function(lambda: tf.constant("not json"), input_signature=[])
+    tf.saved_model.save(module, str(path))
+    if drop_variables:
+        shutil.rmtree(path / "variables")
 
 
 @pytest.mark.parametrize("drop_variables, message", [(False, "its metadata() is not this project's JSON"),

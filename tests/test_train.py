@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY, run
+import predict
+import train
+from conftest import TINY, call_main, run
 
 def summary_tags(logdir):
     """Every "stage/split/tag" written under a run's logdir."""
@@ -113,9 +115,9 @@ def test_predict_generates_16_images_and_a_grid(trained, tmp_path):
     (["--model", "/no/such/model"], "--model /no/such/model"),
     (["--evaluate", "/no/such/data"], "--evaluate /no/such/data: no such file"),
 ])
-def test_predict_bad_input_gives_one_line(trained, tmp_path, args, message):
+def test_predict_bad_input_gives_one_line(trained, tmp_path, capsys, args, message):
     out, _, _, _ = trained
-    result = run([sys.executable, "predict.py", "--model", str(out), "--out", str(tmp_path / "p"), *args])
+    result = call_main(predict.main, ["--model", str(out), "--out", str(tmp_path / "p"), *args], capsys)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "p").exists()
@@ -128,9 +130,9 @@ def test_predict_bad_input_gives_one_line(trained, tmp_path, args, message):
     (["--dataset", "oasis"], "--dataset oasis needs --data"),
     (["--stage", "prior"], "--stage prior: no trained VQ-VAE"),
 ])
-def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, args, message):
+def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "out"
-    result = run([sys.executable, "train.py", *args, "--out", str(out), "--logdir", str(tmp_path / "logs")])
+    result = call_main(train.main, [*args, "--out", str(out), "--logdir", str(tmp_path / "logs")], capsys)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
@@ -196,15 +198,11 @@ def test_tensorboard_serves_the_loss_and_ssim_scalars(trained):
         server.wait(timeout=30)
 
 
-def test_predict_rejects_a_foreign_savedmodel(tmp_path):
-    script = textwrap.dedent(f"""
-        import tensorflow as tf
-        module = tf.Module()
-        module.double = tf.function(lambda x: 2 * x, input_signature=[tf.TensorSpec([None], tf.float32)])
-        tf.saved_model.save(module, {str(tmp_path / "foreign")!r})
-    """)
-    assert run([sys.executable, "-c", script]).returncode == 0
-    result = run([sys.executable, "predict.py", "--model", str(tmp_path / "foreign"), "--out", str(tmp_path / "p")])
+def test_predict_rejects_a_foreign_savedmodel(tmp_path, capsys):
+    module = tf.Module()
+    module.double = tf.function(lambda x: 2 * x, input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "foreign"))
+    result = call_main(predict.main, ["--model", str(tmp_path / "foreign"), "--out", str(tmp_path / "p")], capsys)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "without this project's encode/decode/reconstruct" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "p").exists()
