@@ -1,0 +1,207 @@
+"""Realism of generated slices: a classifier two-sample test with controls, a memorisation check and anatomy
+statistics, for any export of train.py and a data folder. Prints one JSON line.
+
+The real held-out slices (the test split, at most --slices-per-patient per patient, spread over each
+patient's slices; for the demo, 16 new virtual subjects from the demo's generator with another seed) are
+split by patient into A and B. A small CNN, trained from scratch, tells real A from
+each of: real B (the floor, about 0.5), blurred B (a degraded control, near 1.0), the model's
+reconstructions of B (what the decoder alone gives away) and generated slices. Each classifier trains on
+half of each side's patients (every generated slice is its own "patient") and is scored, by balanced
+accuracy, on the other half; the mean and spread over --seeds are printed. Memorisation: the mean over
+generated slices of the highest SSIM to any training slice, beside the same figure for real held-out
+slices. Anatomy: head area, fraction of slices whose head touches the border, and the total-variation
+distance between head-intensity histograms. Class-conditional models also get the generated test per class.
+
+    python -m benchmarks.realism --model saved_models/vqvae                  # the demo's export on the demo
+    python -m benchmarks.realism --model saved_models/adni --data ../shared/data/ADNI
+"""
+
+import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
+
+import argparse
+import json
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+import dataset
+from export import load_export
+from metrics import ssim
+
+FOREGROUND = 0.1  # intensity above which a pixel counts as head, not background
+
+
+def discriminator(image_size):
+    """A small CNN that outputs the logit of "generated" for an image [S, S, 1]."""
+    return keras.Sequential([
+        keras.Input((image_size, image_size, 1)),
+        layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
+        layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
+        layers.Conv2D(64, 3, strides=2, padding="same", activation="relu"),
+        layers.Conv2D(64, 3, strides=2, padding="same", activation="relu"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(1),
+    ])
+
+
+def halves(groups, seed):
+    """A boolean mask of the items whose group falls in the first of two random halves of the groups."""
+    names = np.unique(groups)
+    first = set(np.random.default_rng(seed).permutation(names)[: len(names) // 2])
+    return np.array([group in first for group in groups])
+
+
+def two_sample_accuracy(real, real_groups, other, other_groups, seed, epochs=20, batch_size=32):
+    """Balanced accuracy of a classifier trained from scratch to tell `other` from `real` on one half of each
+    side's groups and scored on the other half: 0.5 when the two are indistinguishable, 1.0 when always told
+    apart."""
+    keras.utils.set_random_seed(seed)
+    real_train, other_train = halves(real_groups, seed), halves(other_groups, seed + 1)
+    images = np.concatenate([real[real_train], other[other_train]])
+    labels = np.concatenate([np.zeros(real_train.sum()), np.ones(other_train.sum())]).astype("float32")
+    weights = np.where(labels == 1, len(labels) / (2 * labels.sum()), len(labels) / (2 * (1 - labels).sum()))
+    model = discriminator(real.shape[1])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(images, labels, sample_weight=weights, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    real_score = model.predict(real[~real_train], verbose=0)[:, 0] < 0
+    other_score = model.predict(other[~other_train], verbose=0)[:, 0] >= 0
+    return float((real_score.mean() + other_score.mean()) / 2)
+
+
+def nearest_ssim(images, references, batch_size=256):
+    """For each image, the highest SSIM to any of `references` (the memorisation check)."""
+    best = np.full(len(images), -1.0)
+    for index, image in enumerate(images):
+        for start in range(0, len(references), batch_size):
+            chunk = references[start:start + batch_size]
+            scores = ssim(np.repeat(image[None], len(chunk), axis=0), chunk).numpy()
+            best[index] = max(best[index], scores.max())
+    return best
+
+
+def anatomy(images):
+    """Per-image statistics: the fraction of the image that is head, and whether the head touches the border."""
+    head = images[..., 0] > FOREGROUND
+    border = np.concatenate([head[:, 0], head[:, -1], head[:, :, 0], head[:, :, -1]], axis=1)
+    return {"head_area": head.mean(axis=(1, 2)), "touches_border": border.any(axis=1)}
+
+
+def histogram_distance(first, second, bins=64):
+    """Total-variation distance (0 to 1) between the intensity histograms of the head pixels of two sets."""
+    def histogram(images):
+        values = images[images > FOREGROUND]
+        counts, _ = np.histogram(values, bins=bins, range=(FOREGROUND, 1.0))
+        return counts / max(counts.sum(), 1)
+
+    return float(np.abs(histogram(first) - histogram(second)).sum() / 2)
+
+
+def blurred(images, sigma=2.0):
+    """A degraded copy of real images (Gaussian blur), a control the classifier must tell apart."""
+    radius = int(3 * sigma)
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-x ** 2 / (2 * sigma ** 2))
+    kernel = (kernel / kernel.sum()).astype("float32")
+    images = tf.constant(images)
+    images = tf.nn.conv2d(images, kernel.reshape(-1, 1, 1, 1), 1, "SAME")
+    return tf.nn.conv2d(images, kernel.reshape(1, -1, 1, 1), 1, "SAME").numpy()
+
+
+def held_out(source, image_size, per_patient):
+    """(images, patients, labels) of the test split, at most `per_patient` slices of each patient, spread
+    evenly over that patient's slices."""
+    split = source.splits["test"]
+    images = np.stack([image for image, _ in dataset.decoded_split(split, image_size).images.as_numpy_iterator()])
+    patients, labels = np.array(split.patients), np.array(split.labels)
+    keep = []
+    for patient in np.unique(patients):
+        rows = np.flatnonzero(patients == patient)
+        keep.extend(rows[np.linspace(0, len(rows) - 1, min(per_patient, len(rows))).round().astype(int)])
+    keep = np.array(sorted(set(keep)))
+    return images[keep], patients[keep], labels[keep]
+
+
+def generate(model, n, temperature, label=None, batch_size=64):
+    """`n` generated images, `batch_size` at a time (of class `label` if given)."""
+    batches = []
+    for batch, start in enumerate(range(0, n, batch_size)):
+        count = tf.constant(min(batch_size, n - start))
+        seed = tf.constant(1000 + batch)
+        if label is None:
+            batches.append(model.sample(count, tf.constant(temperature), seed).numpy())
+        else:
+            batches.append(model.sample_class(count, tf.constant(label), tf.constant(temperature), seed).numpy())
+    return np.concatenate(batches)
+
+
+def accuracy(real, real_groups, other, other_groups, args):
+    """Mean and spread of the two-sample accuracy over the seeds."""
+    scores = [two_sample_accuracy(real, real_groups, other, other_groups, seed, args.epochs)
+              for seed in range(args.seeds)]
+    return {"mean": round(float(np.mean(scores)), 3), "std": round(float(np.std(scores)), 3)}
+
+
+def training_slices(source, image_size, limit):
+    """At most `limit` training slices, spread over the split, for the memorisation check."""
+    split = source.splits["train"]
+    step = max(1, len(split) // limit)
+    subset = dataset.Split(split.files[::step][:limit], split.patients[::step][:limit], split.labels[::step][:limit])
+    return np.stack([image for image, _ in dataset.decoded_split(subset, image_size).images.as_numpy_iterator()])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="saved_models/vqvae", help="an export of train.py with a prior")
+    parser.add_argument("--data", help="the data folder the model was trained on (default: the embedded demo)")
+    parser.add_argument("--slices-per-patient", type=int, default=10, help="real test slices per patient")
+    parser.add_argument("--seeds", type=int, default=3, help="classifiers per comparison (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of each classifier (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--memorisation-slices", type=int, default=1000, help="training slices to compare with")
+    args = parser.parse_args()
+    model, metadata = load_export(args.model)
+    size = metadata["image_size"]
+    source = dataset.load_source(args.data)
+    # The demo's test split has 2 subjects, too few to split by patient: its generator makes 16 new ones.
+    test_source = source if args.data else dataset.load_oasis(dataset.build_demo(seed=1, subjects=(1, 1, 16)))
+    real, patients, labels = held_out(test_source, size, args.slices_per_patient)
+    in_a = halves(patients, seed=12345)
+    a, b = real[in_a], real[~in_a]
+    generated = generate(model, len(a), args.temperature)
+    reconstructions = np.concatenate([model.reconstruct(tf.constant(chunk)).numpy()
+                                      for chunk in np.array_split(b, max(1, len(b) // 64))])
+    singles = np.arange(len(generated)).astype(str)
+    result = {"benchmark": "realism", "model": args.model, "data": source.kind, "real_a": len(a), "real_b": len(b),
+              "patients": len(np.unique(patients)), "generated": len(generated), "temperature": args.temperature,
+              "two_sample_accuracy": {
+                  "real_vs_real": accuracy(a, patients[in_a], b, patients[~in_a], args),
+                  "real_vs_blurred": accuracy(a, patients[in_a], blurred(b), patients[~in_a], args),
+                  "real_vs_reconstructions": accuracy(a, patients[in_a], reconstructions, patients[~in_a], args),
+                  "real_vs_generated": accuracy(a, patients[in_a], generated, singles, args)}}
+    train = training_slices(source, size, args.memorisation_slices)
+    result["memorisation"] = {
+        "generated_nearest_train_ssim": round(float(nearest_ssim(generated[:200], train).mean()), 3),
+        "real_nearest_train_ssim": round(float(nearest_ssim(a[:200], train).mean()), 3)}
+    real_stats, generated_stats = anatomy(a), anatomy(generated)
+    result["anatomy"] = {"head_area_real": round(float(real_stats["head_area"].mean()), 3),
+                         "head_area_generated": round(float(generated_stats["head_area"].mean()), 3),
+                         "touches_border_real": round(float(real_stats["touches_border"].mean()), 3),
+                         "touches_border_generated": round(float(generated_stats["touches_border"].mean()), 3),
+                         "histogram_distance_real_b": round(histogram_distance(a, b), 3),
+                         "histogram_distance_generated": round(histogram_distance(a, generated), 3)}
+    for label, name in enumerate(metadata["class_names"]):
+        of_class = labels[in_a] == (test_source.class_names.index(name) if name in test_source.class_names else -2)
+        if not of_class.any():
+            continue
+        samples = generate(model, int(of_class.sum()), args.temperature, label)
+        result.setdefault("per_class", {})[name] = accuracy(a[of_class], patients[in_a][of_class], samples,
+                                                            np.arange(len(samples)).astype(str), args)
+    result["command"] = " ".join(["python", "-m", "benchmarks.realism", *sys.argv[1:]])
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

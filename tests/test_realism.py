@@ -1,0 +1,45 @@
+"""The realism benchmark's pieces: the two-sample classifier tells real from obviously fake but not from real,
+and the memorisation, anatomy and histogram figures against numpy."""
+
+import numpy as np
+
+from benchmarks import realism
+from conftest import fake_slice
+
+
+def slices(count, seed, size=32):
+    """`count` brain-like slices [count, size, size, 1] in [0, 1], two per patient, and their patient ids."""
+    rng = np.random.default_rng(seed)
+    images = np.stack([np.asarray(fake_slice(rng, size, size), np.float32) / 255 for _ in range(count)])
+    return images[..., None], np.array([f"{seed}-{i // 2}" for i in range(count)])
+
+
+def test_the_classifier_separates_real_from_noise_and_blur_but_not_from_real():
+    real, groups = slices(96, seed=1)
+    other_real, other_groups = slices(96, seed=2)
+    noise = np.random.default_rng(3).random(real.shape).astype("float32")
+    fake_groups = np.arange(96).astype(str)
+    assert realism.two_sample_accuracy(real, groups, noise, fake_groups, seed=0, epochs=20) > 0.9
+    assert realism.two_sample_accuracy(real, groups, realism.blurred(other_real), other_groups, seed=0,
+                                       epochs=20) > 0.8
+    assert realism.two_sample_accuracy(real, groups, other_real, other_groups, seed=0, epochs=20) < 0.7
+
+
+def test_patients_are_never_on_both_sides_of_the_classifiers_split():
+    groups = np.array(["a", "a", "b", "b", "c", "c", "d"])
+    first = realism.halves(groups, seed=4)
+    assert not set(groups[first]) & set(groups[~first]) and len(set(groups[first])) == 2
+
+
+def test_nearest_ssim_finds_a_copy_and_anatomy_and_histograms_match_numpy():
+    images, _ = slices(6, seed=5, size=64)  # the fake heads sit well inside a 64-pixel frame
+    best = realism.nearest_ssim(images[:2], images[1:], batch_size=2)
+    assert best[1] > 0.999 and best[0] < 0.99  # image 1 is among the references, image 0 is not
+    stats = realism.anatomy(images)
+    np.testing.assert_allclose(stats["head_area"], (images[..., 0] > realism.FOREGROUND).mean(axis=(1, 2)))
+    assert not stats["touches_border"].any()
+    bordered = images.copy()
+    bordered[0, 0, 5] = 1.0
+    assert realism.anatomy(bordered)["touches_border"].tolist() == [True] + [False] * 5
+    assert realism.histogram_distance(images, images) == 0.0
+    assert realism.histogram_distance(np.full_like(images, 0.2), np.full_like(images, 0.9)) == 1.0
