@@ -76,10 +76,12 @@ class CheckpointState:
 
     @property
     def epochs_done(self):
+        """Epochs completed and saved so far."""
         return self.record["epochs_done"]
 
     @property
     def best_epoch(self):
+        """The saved epoch with the lowest validation score (None before the first)."""
         return self.record.get("best_epoch")
 
     @property
@@ -89,6 +91,7 @@ class CheckpointState:
 
     @property
     def train_steps(self):
+        """Training steps over every session of this run so far."""
         return self.record.get("train_steps", 0)
 
     def _path(self, name):

@@ -277,6 +277,7 @@ def codebook_figure(counts, path):
 
 
 def main(argv=None):
+    """`python predict.py`: plot curves, reconstruct, evaluate or generate, as the flags say."""
     args = parse_args(argv)
     out = Path(args.out)
     check_outputs(args)

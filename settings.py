@@ -31,6 +31,7 @@ class Setting:
 
     @property
     def flag(self):
+        """The command-line spelling, e.g. --num-codes."""
         return "--" + self.name.replace("_", "-")
 
 

@@ -142,6 +142,7 @@ class Run:
 
     @classmethod
     def of(cls, args, strategy, jit):
+        """The run that the command line `args` asks for, on `strategy`."""
         is_chief = strategy.extended.should_checkpoint
         scratch = Path(tempfile.mkdtemp(prefix="brain_vqvae_worker_")) if not is_chief else None
         return cls(Path(args.out), scratch / "logs" if scratch else Path(args.logdir), scratch, is_chief, strategy,
@@ -153,6 +154,7 @@ class Run:
         return Path(f"{self.out}_checkpoints")
 
     def log_folder(self, stage):
+        """Where `stage` writes its TensorBoard logs."""
         return self.logdir / stage
 
     def open_checkpoints(self, stage, stage_settings, resume, required, data):
@@ -474,6 +476,7 @@ def load_trained_vqvae(out):
 
 
 def main(argv=None):
+    """`python train.py`: check the outputs, load the data, train the stages, export, report."""
     args = parse_args(argv)
     strategy, jit = configure_hardware(args)
     keras.utils.set_random_seed(args.seed)
