@@ -28,7 +28,8 @@ import dataset
 from curves import training_curves_figure
 from export import load_export
 from metrics import evaluate_reconstructions, psnr_text, ssim
-from utils import check_output_folder, check_writable, fail, mark_as_ours, write_bytes, write_json
+from utils import (check_output_folder, check_writable, fail, mark_as_ours, nearest_existing, write_bytes,
+                   write_json)
 
 MAX_SAMPLES = 1_000_000  # --n beyond this is refused as a typo rather than a plan
 GRID_SIZE = 64  # the grid shows at most this many of the generated images
@@ -157,9 +158,7 @@ def generate(model, metadata, args, out):
 
 def check_disk_space(out, n, image_size):
     """Exit with one line if `n` PNGs of the image size may not fit on the disk of `out`."""
-    existing = Path(out).absolute()
-    while not existing.exists():
-        existing = existing.parent
+    existing = nearest_existing(out)
     needed = n * (image_size * image_size * 1.1 + 1024)  # an 8-bit PNG is at most about its raw size
     free = shutil.disk_usage(existing).free
     if needed > free:

@@ -176,9 +176,7 @@ class Run:
             return
         check_output_folder("--out", self.out, "the SavedModel")
         check_output_folder("--out", self.checkpoints, "the checkpoints (OUT_checkpoints)")
-        check_writable("--logdir", self.logdir)
-        if self.logdir.exists() and not self.logdir.is_dir():
-            fail(f"--logdir {self.logdir}: a file is there; expected a folder for TensorBoard logs")
+        check_writable("--logdir", self.logdir)  # also refuses a file there
         if _inside(self.logdir, self.out):
             fail(f"--logdir {self.logdir}: expected a folder outside --out {self.out}, which is replaced on export")
         with RunLock(self.checkpoints):

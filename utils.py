@@ -112,12 +112,18 @@ def check_output_folder(flag, path, purpose, may_exist=True):
     check_writable(flag, path)
 
 
-def check_writable(flag, path):
-    """Exit with one line unless `path`, or its nearest existing parent folder, is a folder this process can
-    write into."""
+def nearest_existing(path):
+    """`path` made absolute, or its nearest parent that exists."""
     existing = Path(os.path.abspath(path))
     while not existing.exists():
         existing = existing.parent
+    return existing
+
+
+def check_writable(flag, path):
+    """Exit with one line unless `path`, or its nearest existing parent folder, is a folder this process can
+    write into."""
+    existing = nearest_existing(path)
     if not existing.is_dir():
         fail(f"{flag} {path}: {existing} is a file, not a folder")
     try:  # a real write: permissions alone do not tell for root, read-only mounts or full disks
