@@ -4,10 +4,11 @@ Images are float32 [N, S, S, 1] in [0, 1]; codes are int32 [N, G, G]; labels int
 Always: encode(images) -> codes; decode(codes) -> images; reconstruct(images) -> images;
 metadata() -> JSON string (image_size, grid, num_codes, class_names, has_prior, and from this version on
 class_counts: the training images of each class, which `sample` draws classes in proportion to).
-With a prior: sample(n, temperature=1, seed=0) -> images (a conditional prior draws classes in training
-proportions); prior_logits(codes[, labels]) -> [N, G, G, K]; log_prob(images[, labels]) -> [N], the
-natural-log likelihood of the images' codes under the prior; conditional priors add
-sample_class(n, label, temperature=1, seed=0). `[, labels]`: conditional priors only.
+With a prior: sample(n, temperature=1, seed=0[, top_k, top_p]) -> images (a conditional prior draws classes
+in training proportions; top_k 0 and top_p 1 keep every code, as the three-argument form does);
+prior_logits(codes[, labels]) -> [N, G, G, K]; log_prob(images[, labels]) -> [N], the natural-log
+likelihood of the images' codes under the prior; conditional priors add
+sample_class(n, label, temperature=1, seed=0[, top_k, top_p]). `[, labels]`: conditional priors only.
 """
 
 import json
@@ -45,7 +46,8 @@ def _add_prior_endpoints(archive, vqvae, prior, specs, class_counts):
     archive.track(prior)
     conditional = bool(prior.num_classes)
     scalar = {name: tf.TensorSpec([], dtype, name=name) for name, dtype in
-              (("n", tf.int32), ("label", tf.int32), ("temperature", tf.float32), ("seed", tf.int32))}
+              (("n", tf.int32), ("label", tf.int32), ("temperature", tf.float32), ("seed", tf.int32),
+               ("top_k", tf.int32), ("top_p", tf.float32))}
     with_labels = [tf.TensorSpec([None], tf.int32, name="labels")] if conditional else []
     # ExportArchive traces endpoints without AutoGraph; the sampler's loops need it.
     sample_codes = tf.function(prior.sample, autograph=True)
@@ -58,22 +60,33 @@ def _add_prior_endpoints(archive, vqvae, prior, specs, class_counts):
         log_probs = tf.nn.log_softmax(prior_logits(codes, labels), axis=-1)
         return tf.reduce_sum(tf.gather(log_probs, codes, batch_dims=3), axis=[1, 2])
 
-    def sample(n, temperature=1.0, seed=0):
+    def sample(n, temperature=1.0, seed=0, top_k=0, top_p=1.0):
         labels = None
         if conditional:
             log_weights = tf.math.log(tf.constant(class_counts, tf.float32)[None, :])
             labels = tf.random.stateless_categorical(log_weights, n, tf.stack([seed, -1]), dtype=tf.int32)[0]
-        return vqvae.decode(sample_codes(n, labels, temperature, seed))
+        return vqvae.decode(sample_codes(n, labels, temperature, seed, top_k=top_k, top_p=top_p))
 
-    def sample_class(n, label, temperature=1.0, seed=0):
-        return vqvae.decode(sample_codes(n, tf.fill([n], label), temperature, seed))
+    def sample_class(n, label, temperature=1.0, seed=0, top_k=0, top_p=1.0):
+        return vqvae.decode(sample_codes(n, tf.fill([n], label), temperature, seed, top_k=top_k, top_p=top_p))
 
-    archive.add_endpoint("sample", sample, input_signature=[scalar["n"], scalar["temperature"], scalar["seed"]])
+    filters = [scalar["top_k"], scalar["top_p"]]
+    sampling = [scalar["temperature"], scalar["seed"]]
+    archive.add_endpoint("sample", _with_and_without(sample, [scalar["n"], *sampling], filters))
     archive.add_endpoint("prior_logits", prior_logits, input_signature=[specs["codes"], *with_labels])
     archive.add_endpoint("log_prob", log_prob, input_signature=[specs["images"], *with_labels])
     if conditional:
-        archive.add_endpoint("sample_class", sample_class, input_signature=[
-            scalar["n"], scalar["label"], scalar["temperature"], scalar["seed"]])
+        archive.add_endpoint("sample_class", _with_and_without(sample_class, [scalar["n"], scalar["label"], *sampling],
+                                                              filters))
+
+
+def _with_and_without(function, signature, optional):
+    """`function` as a tf.function callable with the `signature` arguments alone or followed by `optional`:
+    an endpoint that older callers use unchanged and newer ones extend."""
+    function = tf.function(function)
+    function.get_concrete_function(*signature)
+    function.get_concrete_function(*signature, *optional)
+    return function
 
 
 def load_export(path):

@@ -431,31 +431,77 @@ class GatedPixelCNNBlock(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class RowCausalAttention(layers.Layer):
+    """Self-attention inside the vertical stack, for global structure (as in PixelSNAIL, Chen et al. 2018):
+    each position attends to every position in its own row and the rows above, with a learnt position
+    embedding, added back to the features (pre-norm residual).
+
+    The vertical stack may see rows <= i at row i (the link to the horizontal stack is shifted one row down),
+    so masking by row keeps the prior causal, and the row-cached sampler runs it on the rows so far.
+    """
+
+    def __init__(self, channels, grid_size, heads=2, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.grid_size = grid_size
+        self.heads = heads
+        self.norm = layers.LayerNormalization(name="norm")
+        self.attention = layers.MultiHeadAttention(heads, key_dim=max(1, channels // heads), name="attention")
+
+    def build(self, input_shape):
+        g, c = self.grid_size, self.channels
+        self.position = self.add_weight(shape=(g, g, c), initializer=keras.initializers.RandomNormal(stddev=0.02),
+                                        name="position")
+        self.norm.build((None, None, None, c))
+        self.attention.build((None, None, c), (None, None, c))
+
+    def call(self, v):
+        n, rows, cols = ops.shape(v)[0], ops.shape(v)[1], ops.shape(v)[2]
+        x = self.norm(v + ops.cast(self.position[:rows], v.dtype))
+        flat = ops.reshape(x, (n, rows * cols, self.channels))
+        row_of = ops.arange(rows * cols) // cols
+        visible = ops.broadcast_to(row_of[None, :, None] >= row_of[None, None, :], (n, rows * cols, rows * cols))
+        attended = self.attention(flat, flat, attention_mask=visible)
+        return v + ops.reshape(attended, (n, rows, cols, self.channels))
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "grid_size": self.grid_size,
+                "heads": self.heads}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class GatedPixelCNN(keras.Model):
     """Autoregressive prior p(codes) = prod_p p(code_p | codes before p in raster order[, class label]).
 
     Input: int code grids [N, G, G] (and int labels [N] when `num_classes` > 0); output: logits
     [N, G, G, num_codes]. Block dilations cycle through 1, 2, 4, ... up to half the grid, so the receptive
     field of every position covers all positions before it once there are at least log2(G) blocks.
+    `attention_layers` > 0 puts that many `RowCausalAttention` layers into the vertical stack, evenly spaced.
     """
 
-    def __init__(self, num_codes=256, grid_size=32, channels=64, num_layers=10, num_classes=0, **kwargs):
+    def __init__(self, num_codes=256, grid_size=32, channels=64, num_layers=10, num_classes=0, attention_layers=0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.num_codes = num_codes
         self.grid_size = grid_size
         self.channels = channels
         self.num_layers = num_layers
         self.num_classes = num_classes
+        self.attention_layers = attention_layers
         cycle = max(1, math.ceil(math.log2(grid_size)))
         self.embedding = layers.Embedding(num_codes, channels, name="code_embedding")
         self.blocks = [GatedPixelCNNBlock(channels, dilation=2 ** (i % cycle), first=i == 0,
                                           num_classes=num_classes, name=f"gated_block{i + 1}")
                        for i in range(num_layers)]
+        # Before which blocks: the last block's vertical output reaches nothing, so attention goes earlier.
+        self.attention_before = [round((k + 1) * num_layers / (attention_layers + 1)) for k in range(attention_layers)]
+        self.attentions = [RowCausalAttention(channels, grid_size, name=f"attention{k + 1}")
+                           for k in range(attention_layers)]
         self.head_hidden = layers.Conv2D(channels, 1, activation="relu", name="head_hidden")
         self.head_logits = layers.Conv2D(num_codes, 1, name="head_logits", dtype="float32")
         self.embedding.build((None,))
-        for block in self.blocks:
-            block.build((None, None, None, channels))
+        for layer in self.blocks + self.attentions:
+            layer.build((None, None, None, channels))
         self.head_hidden.build((None, None, None, channels))
         self.head_logits.build((None, None, None, channels))
         self.built = True
@@ -475,7 +521,10 @@ class GatedPixelCNN(keras.Model):
         """
         v = embedded
         links = []
-        for block in self.blocks:
+        attentions = dict(zip(self.attention_before, self.attentions))
+        for index, block in enumerate(self.blocks):
+            if index in attentions:
+                v = attentions[index](v)
             v, link = block.vertical(v, labels)
             links.append(_shift_down(link))
         return links
@@ -492,8 +541,11 @@ class GatedPixelCNN(keras.Model):
         embedded = self.embedding(codes)
         return self.horizontal_logits(embedded, self.vertical_links(embedded, labels), labels)
 
-    def sample(self, n, labels=None, temperature=1.0, seed=0, fast=True):
+    def sample(self, n, labels=None, temperature=1.0, seed=0, fast=True, top_k=0, top_p=1.0):
         """Draw `n` code grids by ancestral sampling in raster order; int32 [n, G, G].
+
+        Each code is drawn from `filter_logits(logits, temperature, top_k, top_p)`: the defaults draw from
+        the prior itself.
 
         `fast` computes the vertical stack once per row (on the rows so far), then only the current row's
         horizontal stack per position; otherwise every position recomputes the whole network. Both draw the
@@ -508,12 +560,12 @@ class GatedPixelCNN(keras.Model):
                 # Convolutions are causal from the top, so rows > i change nothing in rows <= i: leave them out.
                 above = self.embedding(codes[:, :i + 1])
                 row_links = [link[:, i:i + 1] for link in self.vertical_links(above, labels)]
-                codes = self._sample_row(codes, i, labels, temperature, seed, row_links)
+                codes = self._sample_row(codes, i, labels, temperature, top_k, top_p, seed, row_links)
             else:
-                codes = self._sample_row(codes, i, labels, temperature, seed)
+                codes = self._sample_row(codes, i, labels, temperature, top_k, top_p, seed)
         return codes
 
-    def _sample_row(self, codes, i, labels, temperature, seed, row_links=None):
+    def _sample_row(self, codes, i, labels, temperature, top_k, top_p, seed, row_links=None):
         """Sample row i position by position: from the row alone given `row_links`, else the whole grid."""
         g = self.grid_size
         for j in tf.range(g):
@@ -523,18 +575,40 @@ class GatedPixelCNN(keras.Model):
             else:
                 logits = self.call((codes, labels) if self.num_classes else codes)[:, i, j]
             position_seed = tf.stack([tf.cast(seed, tf.int32), i * g + j])
-            # The most likely code gets logit 0 before dividing, and temperatures below 1e-30 (which float32
-            # may round to 0) act as 1e-30: greedy, never an overflow or 0 / 0.
-            logits = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
-            divisor = tf.maximum(tf.cast(temperature, logits.dtype), 1e-30)
-            drawn = tf.random.stateless_categorical(logits / divisor, 1, position_seed, dtype=tf.int32)[:, 0]
+            logits = filter_logits(logits, temperature, top_k, top_p)
+            drawn = tf.random.stateless_categorical(logits, 1, position_seed, dtype=tf.int32)[:, 0]
             here = tf.cast(tf.logical_and(tf.range(g)[:, None] == i, tf.range(g)[None, :] == j), tf.int32)
             codes = codes * (1 - here) + drawn[:, None, None] * here
         return codes
 
     def get_config(self):
         return {**super().get_config(), "num_codes": self.num_codes, "grid_size": self.grid_size,
-                "channels": self.channels, "num_layers": self.num_layers, "num_classes": self.num_classes}
+                "channels": self.channels, "num_layers": self.num_layers, "num_classes": self.num_classes,
+                "attention_layers": self.attention_layers}
+
+
+def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
+    """Logits [..., K] to draw one code from: divided by `temperature`, then restricted to the `top_k` most
+    likely codes (0: all) and to the smallest set of most likely codes whose probability reaches `top_p`
+    (nucleus sampling; 1: all). Excluded codes get -inf; codes tied with the last one kept stay in. The
+    most likely code is always kept, so a draw is always possible.
+    """
+    # The most likely code gets logit 0 before dividing, and temperatures below 1e-30 (which float32 may round
+    # to 0) act as 1e-30: greedy, never an overflow or 0 / 0.
+    logits = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
+    logits = logits / tf.maximum(tf.cast(temperature, logits.dtype), 1e-30)
+    num_codes = tf.shape(logits)[-1]
+    ranked = tf.sort(logits, axis=-1, direction="DESCENDING")
+    top_k = tf.cast(top_k, tf.int32)
+    keep_k = tf.where(top_k > 0, tf.minimum(top_k, num_codes), num_codes)
+    # Codes ranked before the one whose cumulative probability first reaches top_p, and that one.
+    before = tf.math.cumsum(tf.nn.softmax(ranked, axis=-1), axis=-1, exclusive=True)
+    top_p = tf.cast(top_p, before.dtype)
+    keep_p = tf.maximum(tf.reduce_sum(tf.cast(before < top_p, tf.int32), axis=-1), 1)
+    keep_p = tf.where(top_p >= 1, num_codes, keep_p)  # not cut by rounding of the cumulative sum
+    keep = tf.minimum(keep_k, keep_p)[..., None]
+    threshold = tf.gather(ranked, keep - 1, batch_dims=len(logits.shape) - 1)
+    return tf.where(logits >= threshold, logits, tf.constant(-math.inf, logits.dtype))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

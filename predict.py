@@ -51,6 +51,11 @@ def parse_args(argv=None):
     parser.add_argument("--label", help="class to generate, e.g. AD or NC (conditional models only)")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="sampling temperature; lower is more conservative (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=0,
+                        help="draw each code from the K most likely only; 0 keeps all (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, default=1.0,
+                        help="draw each code from the most likely codes that make up this probability "
+                        "(nucleus sampling); 1 keeps all (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the data split")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="images generated at once; memory does not grow with --n (default: %(default)s)")
@@ -59,6 +64,10 @@ def parse_args(argv=None):
         parser.error(f"--n {args.n}: expected a number of images from 1 to {MAX_SAMPLES:,}")
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         parser.error(f"--temperature {args.temperature}: expected a finite positive number")
+    if args.top_k < 0:
+        parser.error(f"--top-k {args.top_k}: expected 0 (keep all codes) or a positive number")
+    if not 0 < args.top_p <= 1:
+        parser.error(f"--top-p {args.top_p}: expected a probability above 0 and at most 1")
     if args.batch_size <= 0:
         parser.error(f"--batch-size {args.batch_size}: expected a positive number")
     return args
@@ -150,10 +159,15 @@ def generate(model, metadata, args, out):
             write_bytes(paths[-1], tf.io.encode_png(tf.cast(tf.round(image * 255), tf.uint8)).numpy())
         shown.extend(images[:GRID_SIZE - len(shown)])
         progress.add(len(images))
-    title = f"{args.label or 'generated'} (temperature {args.temperature}, seed {args.seed})"
+    title = f"{args.label or 'generated'} (temperature {args.temperature}{filter_text(args)}, seed {args.seed})"
     if args.n > len(shown):
         title += f": the first {len(shown)} of {args.n}"
     return grid_figure(shown, title, out / f"{stem}_grid.png"), paths
+
+
+def filter_text(args):
+    """The sampling controls in use, for a figure title: '', ', top-k 20', ', top-p 0.9', ..."""
+    return (f", top-k {args.top_k}" if args.top_k else "") + (f", top-p {args.top_p:g}" if args.top_p < 1 else "")
 
 
 def check_disk_space(out, n, image_size):
@@ -176,10 +190,16 @@ def batch_seed(seed, batch):
 
 def draw(model, classes, args, count, seed):
     """`count` images [count, S, S, 1] sampled from the export's prior (of --label's class if given)."""
-    count, temperature, seed = tf.constant(count), tf.constant(args.temperature), tf.constant(seed)
+    arguments = [tf.constant(count), tf.constant(args.temperature), tf.constant(seed)]
     if args.label is not None:
-        return model.sample_class(count, tf.constant(classes.index(args.label)), temperature, seed).numpy()
-    return model.sample(count, temperature, seed).numpy()
+        arguments.insert(1, tf.constant(classes.index(args.label)))
+    endpoint = model.sample if args.label is None else model.sample_class
+    if args.top_k == 0 and args.top_p == 1:
+        return endpoint(*arguments).numpy()  # the form every export has
+    try:
+        return endpoint(*arguments, tf.constant(args.top_k), tf.constant(args.top_p, tf.float32)).numpy()
+    except (TypeError, ValueError):  # no such concrete function: an export from before the sampling controls
+        fail(f"--top-k/--top-p: the export at {args.model} predates them; retrain it, or sample without them")
 
 
 def grid_figure(images, title, path):

@@ -71,6 +71,8 @@ SETTINGS = (
              help="prior channels (default: %(default)s)"),
     _setting("prior_layers", "prior", (PRIOR,), (PRIOR, "num_layers"), type=int, default=10,
              help="gated blocks (default: %(default)s)"),
+    _setting("prior_attention", "prior", (PRIOR,), (PRIOR, "attention_layers"), type=int, default=0,
+             help="self-attention layers in the prior's vertical stack, for global structure (default: %(default)s)"),
     _setting("prior_learning_rate", "prior", (PRIOR,), type=float, default=3e-3,
              help="Adam learning rate of the prior (default: %(default)s)"),
     _setting("unconditional", "prior", (PRIOR,), action="store_true",

@@ -124,16 +124,18 @@ def held_out(source, image_size, per_patient):
     return images[keep], patients[keep], labels[keep]
 
 
-def generate(model, n, temperature, label=None, batch_size=64):
-    """`n` generated images, `batch_size` at a time (of class `label` if given)."""
+def generate(model, n, args, label=None, batch_size=64):
+    """`n` generated images with the sampling settings of `args`, `batch_size` at a time (of class `label` if
+    given)."""
     batches = []
     for batch, start in enumerate(range(0, n, batch_size)):
+        settings = [tf.constant(args.temperature), tf.constant(1000 + batch), tf.constant(args.top_k),
+                    tf.constant(args.top_p, tf.float32)]
         count = tf.constant(min(batch_size, n - start))
-        seed = tf.constant(1000 + batch)
         if label is None:
-            batches.append(model.sample(count, tf.constant(temperature), seed).numpy())
+            batches.append(model.sample(count, *settings).numpy())
         else:
-            batches.append(model.sample_class(count, tf.constant(label), tf.constant(temperature), seed).numpy())
+            batches.append(model.sample_class(count, tf.constant(label), *settings).numpy())
     return np.concatenate(batches)
 
 
@@ -163,6 +165,11 @@ def main():
     parser.add_argument("--seeds", type=int, default=3, help="classifiers per comparison (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of each classifier (default: %(default)s)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--top-k", type=int, default=0, help="sample from the K most likely codes (0: all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling probability (1: all codes)")
+    parser.add_argument("--no-controls", dest="controls", action="store_false",
+                        help="skip the real, blurred and reconstruction controls (when comparing sampling settings "
+                        "of one model, whose controls do not change)")
     parser.add_argument("--memorisation-slices", type=int, default=1000, help="training slices to compare with")
     args = parser.parse_args()
     model, metadata = load_export(args.model)
@@ -173,17 +180,19 @@ def main():
     real, patients, labels = held_out(test_source, size, args.slices_per_patient)
     in_a = halves(patients, seed=12345)
     a, b = real[in_a], real[~in_a]
-    generated = generate(model, len(a), args.temperature)
-    reconstructions = np.concatenate([model.reconstruct(tf.constant(chunk)).numpy()
-                                      for chunk in np.array_split(b, max(1, len(b) // 64))])
+    generated = generate(model, len(a), args)
     singles = np.arange(len(generated)).astype(str)
     result = {"benchmark": "realism", "model": args.model, "data": source.kind, "real_a": len(a), "real_b": len(b),
               "patients": len(np.unique(patients)), "generated": len(generated), "temperature": args.temperature,
-              "two_sample_accuracy": {
-                  "real_vs_real": accuracy(a, patients[in_a], b, patients[~in_a], args),
-                  "real_vs_blurred": accuracy(a, patients[in_a], blurred(b), patients[~in_a], args),
-                  "real_vs_reconstructions": accuracy(a, patients[in_a], reconstructions, patients[~in_a], args),
-                  "real_vs_generated": accuracy(a, patients[in_a], generated, singles, args)}}
+              "top_k": args.top_k, "top_p": args.top_p,
+              "two_sample_accuracy": {"real_vs_generated": accuracy(a, patients[in_a], generated, singles, args)}}
+    if args.controls:
+        reconstructions = np.concatenate([model.reconstruct(tf.constant(chunk)).numpy()
+                                          for chunk in np.array_split(b, max(1, len(b) // 64))])
+        result["two_sample_accuracy"].update({
+            "real_vs_real": accuracy(a, patients[in_a], b, patients[~in_a], args),
+            "real_vs_blurred": accuracy(a, patients[in_a], blurred(b), patients[~in_a], args),
+            "real_vs_reconstructions": accuracy(a, patients[in_a], reconstructions, patients[~in_a], args)})
     train = training_slices(source, size, args.memorisation_slices)
     result["memorisation"] = {
         "generated_nearest_train_ssim": round(float(nearest_ssim(generated[:200], train).mean()), 3),
@@ -199,7 +208,7 @@ def main():
         of_class = labels[in_a] == (test_source.class_names.index(name) if name in test_source.class_names else -2)
         if not of_class.any():
             continue
-        samples = generate(model, int(of_class.sum()), args.temperature, label)
+        samples = generate(model, int(of_class.sum()), args, label)
         result.setdefault("per_class", {})[name] = accuracy(a[of_class], patients[in_a][of_class], samples,
                                                             np.arange(len(samples)).astype(str), args)
     result["command"] = " ".join(["python", "-m", "benchmarks.realism", *sys.argv[1:]])

@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules import GatedPixelCNN, GatedPixelCNNBlock
+from modules import GatedPixelCNN, GatedPixelCNNBlock, RowCausalAttention, filter_logits
 
 GRID = 8
 
 
-def tiny_prior(num_classes=0, seed=0):
+def tiny_prior(num_classes=0, seed=0, attention_layers=0):
     """A small prior with random weights and biases, so that no two codes tie anywhere (as after training)."""
     keras.utils.set_random_seed(seed)
-    model = GatedPixelCNN(num_codes=6, grid_size=GRID, channels=16, num_layers=3, num_classes=num_classes)
+    model = GatedPixelCNN(num_codes=6, grid_size=GRID, channels=16, num_layers=3, num_classes=num_classes,
+                          attention_layers=attention_layers)
     for weight in model.weights:
         weight.assign(tf.random.normal(weight.shape, stddev=0.5))
     return model
@@ -38,9 +39,9 @@ def dependence_map(model, labels=None):
     return depends
 
 
-@pytest.mark.parametrize("num_classes", [0, 2])
-def test_each_position_sees_exactly_the_positions_before_it(num_classes):
-    model = tiny_prior(num_classes)
+@pytest.mark.parametrize("num_classes, attention_layers", [(0, 0), (2, 0), (0, 1), (2, 2)])
+def test_each_position_sees_exactly_the_positions_before_it(num_classes, attention_layers):
+    model = tiny_prior(num_classes, attention_layers=attention_layers)
     labels = tf.constant([1]) if num_classes else None
     depends = dependence_map(model, labels)
     earlier = np.tril(np.ones_like(depends), k=-1)  # q < p in raster order
@@ -55,8 +56,9 @@ def test_the_label_changes_the_output_of_a_conditional_prior():
     assert np.abs(first.numpy() - second.numpy()).max() > 1e-4
 
 
-def test_fast_sampler_draws_the_same_codes_as_full_recompute():
-    model = tiny_prior(num_classes=2)
+@pytest.mark.parametrize("attention_layers", [0, 1])
+def test_fast_sampler_draws_the_same_codes_as_full_recompute(attention_layers):
+    model = tiny_prior(num_classes=2, attention_layers=attention_layers)
     labels = tf.constant([0, 1, 1])
     fast = tf.function(lambda: model.sample(3, labels, temperature=1.0, seed=7, fast=True))()
     full = tf.function(lambda: model.sample(3, labels, temperature=1.0, seed=7, fast=False))()
@@ -77,7 +79,9 @@ def test_sampling_at_temperature_near_zero_is_greedy_decoding_by_teacher_forcing
 def test_get_config_round_trip():
     block = GatedPixelCNNBlock(8, dilation=4, first=True, num_classes=3)
     assert GatedPixelCNNBlock.from_config(block.get_config()).get_config() == block.get_config()
-    model = tiny_prior(num_classes=2)
+    attention = RowCausalAttention(8, grid_size=4, heads=2)
+    assert RowCausalAttention.from_config(attention.get_config()).get_config() == attention.get_config()
+    model = tiny_prior(num_classes=2, attention_layers=1)
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     assert clone.get_config() == model.get_config()
 
@@ -98,3 +102,36 @@ def test_receptive_field_covers_the_whole_default_grid():
         seen = tf.reduce_any(tf.abs(tape.gradient(output, embedded)) > 0, axis=[0, 3]).numpy().reshape(-1)
         position = row * 32 + col
         assert seen[:position].all() and not seen[position:].any()
+
+
+def reference_distribution(logits, temperature, top_k, top_p):
+    """numpy: the probabilities a code is drawn with, by walking the codes from most to least likely."""
+    scaled = logits / temperature
+    probabilities = np.exp(scaled - scaled.max())
+    probabilities /= probabilities.sum()
+    kept, total = [], 0.0
+    for rank, code in enumerate(np.argsort(-probabilities, kind="stable")):
+        if (top_k and rank >= top_k) or total >= top_p:
+            break
+        kept.append(code)
+        total += probabilities[code]
+    result = np.zeros_like(probabilities)
+    result[kept] = probabilities[kept]
+    return result / result.sum()
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [
+    (1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.5), (1.3, 5, 0.8), (1.0, 1, 1.0), (0.5, 100, 0.95)])
+def test_filter_logits_keeps_the_codes_numpy_keeps(temperature, top_k, top_p):
+    logits = np.random.default_rng(top_k).normal(0, 2, (5, 12)).astype("float32")
+    filtered = filter_logits(tf.constant(logits), temperature, top_k, top_p)
+    drawn_with = tf.nn.softmax(filtered, axis=-1).numpy()
+    for row, probabilities in zip(logits, drawn_with):
+        np.testing.assert_allclose(probabilities, reference_distribution(row, temperature, top_k, top_p), atol=1e-6)
+
+
+def test_sampling_with_top_k_1_is_greedy_decoding():
+    model = tiny_prior(attention_layers=1)
+    greedy = tf.function(lambda: model.sample(2, temperature=1e-7, seed=3))().numpy()
+    top_1 = tf.function(lambda: model.sample(2, temperature=1.0, seed=5, top_k=1))().numpy()
+    np.testing.assert_array_equal(top_1, greedy)

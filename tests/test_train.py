@@ -74,6 +74,10 @@ def test_export_loads_without_the_project_and_matches_the_keras_models(trained, 
         again = model.sample(tf.constant(4), tf.constant(1.0), tf.constant(5))
         np.testing.assert_array_equal(samples.numpy(), again.numpy())  # the same seed draws the same images
         assert model.sample_class(2, 1, 0.5, 0).shape == (2, 32, 32, 1)
+        unfiltered = model.sample(4, 1.0, 5, 0, 1.0)  # top_k 0, top_p 1: the three-argument form's draw
+        np.testing.assert_array_equal(unfiltered.numpy(), samples.numpy())
+        greedy = [model.sample_class(2, 1, 1.0, seed, 1, 1.0).numpy() for seed in (0, 1)]  # top_k 1
+        np.testing.assert_array_equal(greedy[0], greedy[1])
         print(model.metadata().numpy().decode())
     """)
     result = run([sys.executable, "-c", script], cwd=tmp_path, env={"PYTHONPATH": ""})
