@@ -19,17 +19,21 @@ distance between head-intensity histograms. Class-conditional models also get th
 import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 import argparse
+import io
 import json
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
+from matplotlib.figure import Figure
 
 import dataset
 from export import load_export
 from metrics import ssim
+from utils import fail, is_ours, write_bytes
 
 FOREGROUND = 0.1  # intensity above which a pixel counts as head, not background
 
@@ -146,6 +150,40 @@ def accuracy(real, real_groups, other, other_groups, args):
     return {"mean": round(float(np.mean(scores)), 3), "std": round(float(np.std(scores)), 3)}
 
 
+def spread(total, count):
+    """Indices of at most `count` of `total` items, evenly spread (real slices come ordered by patient)."""
+    return np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
+
+
+def side_by_side(real, generated, title, path, per_side=16):
+    """Write a figure of `per_side` real slices (left) beside as many generated ones (right)."""
+    figure = Figure(figsize=(13, 7))
+    columns = int(np.ceil(np.sqrt(per_side)))
+    for panel, (name, images) in zip(figure.subfigures(1, 2, wspace=0.05), (("real, held out", real),
+                                                                             ("generated", generated))):
+        axes = panel.subplots(columns, columns)
+        for axis, image in zip(axes.flat, list(images[:per_side]) + [None] * per_side):
+            axis.axis("off")
+            if image is not None:
+                axis.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+        panel.suptitle(name, fontsize=11)
+    figure.suptitle(title, fontsize=10)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=72)
+    write_bytes(path, buffer.getvalue())
+
+
+def check_figure_path(path):
+    """Exit with one line unless `path` is a new PNG or one in a folder of this tool's (such as assets/)."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        fail(f"--figure {path}: expected a .png path")
+    if not path.parent.is_dir():
+        fail(f"--figure {path}: no folder {path.parent}")
+    if path.exists() and not is_ours(path.parent):
+        fail(f"--figure {path}: a file this tool did not write; choose a new name")
+
+
 def training_slices(source, image_size, limit):
     """At most `limit` training slices, spread over the split, for the memorisation check."""
     split = source.splits["train"]
@@ -170,9 +208,21 @@ def main():
     parser.add_argument("--no-controls", dest="controls", action="store_false",
                         help="skip the real, blurred and reconstruction controls (when comparing sampling settings "
                         "of one model, whose controls do not change)")
-    parser.add_argument("--memorisation-slices", type=int, default=1000, help="training slices to compare with")
+    # Each memorisation comparison is one SSIM of two images: samples x slices of them (100 x 500 take minutes).
+    parser.add_argument("--memorisation-slices", type=int, default=500,
+                        help="training slices each image is compared with (default: %(default)s)")
+    parser.add_argument("--memorisation-images", type=int, default=100,
+                        help="generated and real held-out images compared with them (default: %(default)s)")
+    parser.add_argument("--figure", help="also write 16 real held-out slices beside 16 generated ones to this PNG")
     args = parser.parse_args()
-    model, metadata = load_export(args.model)
+    if args.figure:
+        check_figure_path(args.figure)
+    try:
+        model, metadata = load_export(args.model)
+    except ValueError as error:
+        fail(f"--model {error}")
+    if not metadata["has_prior"]:
+        fail(f"--model {args.model}: this export has no prior to generate with")
     size = metadata["image_size"]
     source = dataset.load_source(args.data)
     # The demo's test split has 2 subjects, too few to split by patient: its generator makes 16 new ones.
@@ -194,9 +244,10 @@ def main():
             "real_vs_blurred": accuracy(a, patients[in_a], blurred(b), patients[~in_a], args),
             "real_vs_reconstructions": accuracy(a, patients[in_a], reconstructions, patients[~in_a], args)})
     train = training_slices(source, size, args.memorisation_slices)
+    count = args.memorisation_images
     result["memorisation"] = {
-        "generated_nearest_train_ssim": round(float(nearest_ssim(generated[:200], train).mean()), 3),
-        "real_nearest_train_ssim": round(float(nearest_ssim(a[:200], train).mean()), 3)}
+        "generated_nearest_train_ssim": round(float(nearest_ssim(generated[:count], train).mean()), 3),
+        "real_nearest_train_ssim": round(float(nearest_ssim(a[spread(len(a), count)], train).mean()), 3)}
     real_stats, generated_stats = anatomy(a), anatomy(generated)
     result["anatomy"] = {"head_area_real": round(float(real_stats["head_area"].mean()), 3),
                          "head_area_generated": round(float(generated_stats["head_area"].mean()), 3),
@@ -212,6 +263,10 @@ def main():
         result.setdefault("per_class", {})[name] = accuracy(a[of_class], patients[in_a][of_class], samples,
                                                             np.arange(len(samples)).astype(str), args)
     result["command"] = " ".join(["python", "-m", "benchmarks.realism", *sys.argv[1:]])
+    if args.figure:
+        accuracy_text = result["two_sample_accuracy"]["real_vs_generated"]["mean"]
+        side_by_side(a[spread(len(a), 16)], generated, f"{args.model}: real vs generated two-sample accuracy "
+                     f"{accuracy_text:.3f} (0.5: indistinguishable)", args.figure)
     print(json.dumps(result))
 
 

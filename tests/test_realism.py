@@ -2,6 +2,7 @@
 and the memorisation, anatomy and histogram figures against numpy."""
 
 import numpy as np
+import pytest
 
 from benchmarks import realism
 from conftest import fake_slice
@@ -43,3 +44,15 @@ def test_nearest_ssim_finds_a_copy_and_anatomy_and_histograms_match_numpy():
     assert realism.anatomy(bordered)["touches_border"].tolist() == [True] + [False] * 5
     assert realism.histogram_distance(images, images) == 0.0
     assert realism.histogram_distance(np.full_like(images, 0.2), np.full_like(images, 0.9)) == 1.0
+
+
+def test_the_figure_never_replaces_a_file_the_tool_did_not_write(tmp_path, capsys):
+    foreign = tmp_path / "mine.png"
+    foreign.write_bytes(b"not ours")
+    with pytest.raises(SystemExit) as exit:
+        realism.check_figure_path(str(foreign))
+    assert exit.value.code == 2
+    assert f"--figure {foreign}: a file this tool did not write" in capsys.readouterr().err
+    assert foreign.read_bytes() == b"not ours"
+    realism.side_by_side(*(slices(16, seed)[0] for seed in (1, 2)), "title", tmp_path / "new.png")
+    assert (tmp_path / "new.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

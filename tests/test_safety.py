@@ -215,11 +215,24 @@ def test_generation_runs_in_batches_and_the_first_batch_is_the_exports_sample(tr
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "p" / "sample_002.png")), first)
 
 
+def test_top_k_1_generation_writes_the_exports_greedy_images(trained, tmp_path):
+    out, _, _, _ = trained
+    predict.main(["--model", str(out), "--n", "2", "--top-k", "1", "--label", "NC", "--out", str(tmp_path / "p")])
+    export = tf.saved_model.load(str(out))
+    greedy = export.sample_class(2, 1, 1e-20, 9).numpy()  # temperature near 0: the most likely code everywhere
+    for index in range(2):
+        written = np.asarray(Image.open(tmp_path / "p" / f"sample_NC_{index:03d}.png"))
+        np.testing.assert_array_equal(written, np.round(greedy[index, ..., 0] * 255).astype(np.uint8))
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--n", "2000000"], "--n 2000000: expected a number of images from 1 to 1,000,000"),
     (["--temperature", "nan"], "--temperature nan: expected a finite positive number"),
     (["--temperature", "inf"], "--temperature inf: expected a finite positive number"),
     (["--batch-size", "0"], "--batch-size 0"),
+    (["--top-k", "-1"], "--top-k -1: expected 0 (keep all codes) or a positive number"),
+    (["--top-p", "0"], "--top-p 0.0: expected a probability above 0 and at most 1"),
+    (["--top-p", "1.5"], "--top-p 1.5: expected a probability above 0 and at most 1"),
 ])
 def test_absurd_generation_flags_are_refused(flags, message, capsys):
     assert message in refused(predict.main, flags, capsys)
