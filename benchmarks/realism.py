@@ -166,8 +166,8 @@ def side_by_side(real, generated, title, path, per_side=16):
             axis.axis("off")
             if image is not None:
                 axis.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
-        panel.suptitle(name, fontsize=11)
-    figure.suptitle(title, fontsize=10)
+        panel.suptitle(name, fontsize=11, y=0.94)
+    figure.suptitle(title, fontsize=10, y=0.995)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=72)
     write_bytes(path, buffer.getvalue())
