@@ -65,10 +65,15 @@ def _add_prior_endpoints(archive, vqvae, prior, specs, class_counts):
         if conditional:
             log_weights = tf.math.log(tf.constant(class_counts, tf.float32)[None, :])
             labels = tf.random.stateless_categorical(log_weights, n, tf.stack([seed, -1]), dtype=tf.int32)[0]
-        return vqvae.decode(sample_codes(n, labels, temperature, seed, top_k=top_k, top_p=top_p))
+        return vqvae.decode(sample_codes(n, labels, temperature, seed, **as_tensors(top_k, top_p)))
 
     def sample_class(n, label, temperature=1.0, seed=0, top_k=0, top_p=1.0):
-        return vqvae.decode(sample_codes(n, tf.fill([n], label), temperature, seed, top_k=top_k, top_p=top_p))
+        return vqvae.decode(sample_codes(n, tf.fill([n], label), temperature, seed, **as_tensors(top_k, top_p)))
+
+    def as_tensors(top_k, top_p):
+        """Tensors even for the defaults, so that every endpoint reuses one trace of the sampler (tracing its
+        loops is what makes an export slow)."""
+        return {"top_k": tf.convert_to_tensor(top_k, tf.int32), "top_p": tf.convert_to_tensor(top_p, tf.float32)}
 
     filters = [scalar["top_k"], scalar["top_p"]]
     sampling = [scalar["temperature"], scalar["seed"]]
