@@ -133,8 +133,9 @@ def generate(model, n, args, label=None, batch_size=64):
     given)."""
     batches = []
     for batch, start in enumerate(range(0, n, batch_size)):
-        settings = [tf.constant(args.temperature), tf.constant(1000 + batch), tf.constant(args.top_k),
-                    tf.constant(args.top_p, tf.float32)]
+        settings = [tf.constant(args.temperature), tf.constant(1000 + batch)]
+        if args.top_k or args.top_p < 1:  # exports from before the sampling controls take only these two
+            settings += [tf.constant(args.top_k), tf.constant(args.top_p, tf.float32)]
         count = tf.constant(min(batch_size, n - start))
         if label is None:
             batches.append(model.sample(count, *settings).numpy())
