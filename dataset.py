@@ -78,7 +78,7 @@ def patient_id(path):
     return match["patient"] if match else stem
 
 
-def _image_files(folder):
+def image_files(folder):
     """All image files below `folder`, sorted, ignoring other files and hidden ones. Symlinked folders are
     followed (each real folder once). Raises DataError for a file name that is not valid UTF-8."""
     found, seen = [], set()
@@ -121,7 +121,7 @@ def detect_layout(root):
         return "oasis"
     if _adni_root(root) is not None:
         return "adni"
-    if _image_files(root):
+    if image_files(root):
         return "folder"
     raise DataError(f"{root}: found no images (.png, .jpg, .jpeg, .bmp, .gif) and no OASIS "
                     f"(keras_png_slices_train/) or ADNI (AD_NC/train/AD, AD_NC/train/NC) layout")
@@ -142,7 +142,7 @@ def load_oasis(root):
     for split, folder in OASIS_FOLDERS.items():
         if not (root / folder).is_dir():
             raise DataError(f"{root}: OASIS layout without its {folder}/ folder")
-        splits[split] = _split_of(_image_files(root / folder))
+        splits[split] = _split_of(image_files(root / folder))
     return DataSource("oasis", str(root), [], splits)
 
 
@@ -155,7 +155,7 @@ def load_adni(root, validation_fraction=0.1, seed=0):
     def labelled(split):
         files, labels = [], []
         for label, name in enumerate(ADNI_CLASSES):
-            found = _image_files(base / split / name) if (base / split / name).is_dir() else []
+            found = image_files(base / split / name) if (base / split / name).is_dir() else []
             files += found
             labels += [label] * len(found)
         return _split_of(files, labels)
@@ -184,7 +184,7 @@ def _select(split, keep_patient):
 def load_folder(root, fractions=(0.8, 0.1, 0.1), seed=0):
     """Any folder of images: class subfolders become labels; patients are shuffled (seeded) into splits."""
     root = Path(root)
-    files = _image_files(root)
+    files = image_files(root)
     if not files:
         raise DataError(f"{root}: found no images (.png, .jpg, .jpeg, .bmp, .gif)")
     parents = sorted({str(Path(f).parent.relative_to(root)) for f in files})

@@ -407,7 +407,17 @@ class GatedPixelCNNBlock(layers.Layer):
     def vertical(self, v, labels=None):
         """(next vertical features, the link to the horizontal stack for the same rows, unshifted)."""
         d = self.dilation
-        pre = self.vertical_conv(ops.pad(v, [[0, 0], [d, 0], [d, d], [0, 0]]))
+        return self._vertical_outputs(self.vertical_conv(ops.pad(v, [[0, 0], [d, 0], [d, d], [0, 0]])), labels)
+
+    def vertical_step(self, above, here, labels=None):
+        """`vertical` for one row i only, from the block's vertical inputs at rows i - d (`above`) and i
+        (`here`), [N, 1, G, C] each. Constant work per row, for the cached sampler."""
+        d = self.dilation
+        skipped = ops.zeros_like(ops.repeat(above, d - 1, axis=1))  # rows i - d + 1 .. i - 1: not read
+        window = ops.concatenate([above, skipped, here], axis=1)
+        return self._vertical_outputs(self.vertical_conv(ops.pad(window, [[0, 0], [0, 0], [d, d], [0, 0]])), labels)
+
+    def _vertical_outputs(self, pre, labels):
         if self.num_classes:
             pre = pre + self.vertical_class(labels)[:, None, None, :]
         return _gate(pre), self.vertical_to_horizontal(pre)
@@ -416,6 +426,17 @@ class GatedPixelCNNBlock(layers.Layer):
         """The next horizontal features, given the shifted link from the vertical stack."""
         source = _shift_right(h) if self.first else h
         pre = self.horizontal_conv(ops.pad(source, [[0, 0], [0, 0], [self.dilation, 0], [0, 0]])) + link
+        return self._horizontal_outputs(pre, h, labels)
+
+    def horizontal_step(self, left, here, link, labels=None):
+        """`horizontal` at one position (i, j) only, from what its convolution sees there: `left` and `here`
+        [N, 1, 1, C], the block's (for the first block, shifted) inputs at columns j - d and j, and `link`
+        [N, 1, 1, 2C], the shifted link at (i, j). Returns [N, 1, 1, C]; constant work per position."""
+        kernel = ops.cast(self.horizontal_conv.kernel, here.dtype)
+        pre = left @ kernel[0, 0] + here @ kernel[0, 1] + ops.cast(self.horizontal_conv.bias, here.dtype) + link
+        return self._horizontal_outputs(pre, here, labels)
+
+    def _horizontal_outputs(self, pre, h, labels):
         if self.num_classes:
             pre = pre + self.horizontal_class(labels)[:, None, None, :]
         out = self.horizontal_out(_gate(pre))
@@ -457,12 +478,24 @@ class RowCausalAttention(layers.Layer):
 
     def call(self, v):
         n, rows, cols = ops.shape(v)[0], ops.shape(v)[1], ops.shape(v)[2]
-        x = self.norm(v + ops.cast(self.position[:rows], v.dtype))
-        flat = ops.reshape(x, (n, rows * cols, self.channels))
+        flat = ops.reshape(self._normed(v), (n, rows * cols, self.channels))
         row_of = ops.arange(rows * cols) // cols
         visible = ops.broadcast_to(row_of[None, :, None] >= row_of[None, None, :], (n, rows * cols, rows * cols))
         attended = self.attention(flat, flat, attention_mask=visible)
         return v + ops.reshape(attended, (n, rows, cols, self.channels))
+
+    def row_step(self, v, i):
+        """`call` for row i only, [N, 1, G, C], from `v` [N, G, G, C] whose rows after i are never read (the
+        cached sampler holds zeros there)."""
+        n, g = ops.shape(v)[0], self.grid_size
+        keys = ops.reshape(self._normed(v), (n, g * g, self.channels))
+        query = ops.take(keys, ops.arange(g) + i * g, axis=1)
+        visible = ops.broadcast_to((ops.arange(g * g) // g <= i)[None, None, :], (n, g, g * g))
+        attended = self.attention(query, keys, attention_mask=visible)
+        return ops.take(v, ops.reshape(i, (1,)), axis=1) + attended[:, None]
+
+    def _normed(self, v):
+        return self.norm(v + ops.cast(self.position[:ops.shape(v)[1]], v.dtype))
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "grid_size": self.grid_size,
@@ -541,50 +574,151 @@ class GatedPixelCNN(keras.Model):
         embedded = self.embedding(codes)
         return self.horizontal_logits(embedded, self.vertical_links(embedded, labels), labels)
 
-    def sample(self, n, labels=None, temperature=1.0, seed=0, fast=True, top_k=0, top_p=1.0):
+    def sample(self, n, labels=None, temperature=1.0, seed=0, cached=True, top_k=0, top_p=1.0):
         """Draw `n` code grids by ancestral sampling in raster order; int32 [n, G, G].
 
         Each code is drawn from `filter_logits(logits, temperature, top_k, top_p)`: the defaults draw from
-        the prior itself.
-
-        `fast` computes the vertical stack once per row (on the rows so far), then only the current row's
-        horizontal stack per position; otherwise every position recomputes the whole network. Both draw the
-        same codes for the same seed, since position p draws with the stateless seed (seed, p). Wrap in
-        tf.function to compile.
+        the prior itself. `cached` keeps each block's caches (`logits_at`, `record`, `finish_row`), constant work
+        per position; otherwise every position recomputes the whole network (the reference the cached sampler
+        is tested against). Both draw
+        the same codes for the same seed, since position p draws with the stateless seed (seed, p). Wrap in
+        tf.function (jit_compile=True works) to compile.
         """
         g = self.grid_size
         labels = ops.cast(labels, "int32") if self.num_classes else None
-        codes = tf.zeros((n, g, g), tf.int32)
+        if not cached:
+            return self._sample_by_full_passes(n, labels, temperature, seed, top_k, top_p)
+        rows = tf.TensorArray(tf.int32, size=g)
+        state = {"labels": labels if self.num_classes else tf.zeros((n,), tf.int32),
+                 "row": tf.zeros((n, g), tf.int32), **self._empty_caches(n)}
         for i in tf.range(g):
-            if fast:
-                # Convolutions are causal from the top, so rows > i change nothing in rows <= i: leave them out.
-                above = self.embedding(codes[:, :i + 1])
-                row_links = [link[:, i:i + 1] for link in self.vertical_links(above, labels)]
-                codes = self._sample_row(codes, i, labels, temperature, top_k, top_p, seed, row_links)
-            else:
-                codes = self._sample_row(codes, i, labels, temperature, top_k, top_p, seed)
-        return codes
+            for j in tf.range(g):
+                state, logits = self.logits_at(state, j)
+                drawn = _draw(logits, i * g + j, temperature, top_k, top_p, seed)
+                state = self.record(state, j, drawn)
+            rows = rows.write(i, state["row"])
+            state = self.finish_row(state, i)
+        return tf.transpose(rows.stack(), (1, 0, 2))
 
-    def _sample_row(self, codes, i, labels, temperature, top_k, top_p, seed, row_links=None):
-        """Sample row i position by position: from the row alone given `row_links`, else the whole grid."""
+    def _sample_by_full_passes(self, n, labels, temperature, seed, top_k, top_p):
         g = self.grid_size
-        for j in tf.range(g):
-            if row_links is not None:  # the horizontal stack is causal from the left: columns <= j suffice
-                row = self.embedding(codes[:, i:i + 1, :j + 1])
-                logits = self.horizontal_logits(row, [link[:, :, :j + 1] for link in row_links], labels)[:, 0, j]
-            else:
-                logits = self.call((codes, labels) if self.num_classes else codes)[:, i, j]
-            position_seed = tf.stack([tf.cast(seed, tf.int32), i * g + j])
-            logits = filter_logits(logits, temperature, top_k, top_p)
-            drawn = tf.random.stateless_categorical(logits, 1, position_seed, dtype=tf.int32)[:, 0]
-            here = tf.cast(tf.logical_and(tf.range(g)[:, None] == i, tf.range(g)[None, :] == j), tf.int32)
-            codes = codes * (1 - here) + drawn[:, None, None] * here
-        return codes
+        codes = tf.zeros((n, g * g), tf.int32)
+        for position in tf.range(g * g):
+            grid = ops.reshape(codes, (n, g, g))
+            logits = ops.reshape(self.call((grid, labels) if self.num_classes else grid), (n, g * g, -1))
+            drawn = _draw(ops.take(logits, position, axis=1), position, temperature, top_k, top_p, seed)
+            codes = codes + drawn[:, None] * tf.one_hot(position, g * g, dtype=tf.int32)
+        return ops.reshape(codes, (n, g, g))
+
+    # The cached prior (Ramachandran et al. 2017, "Fast Generation for Convolutional Autoregressive Models"):
+    # a block's convolutions read its inputs only d rows above and d columns to the left, so each block keeps
+    # its last d rows (vertical stack) and its last d positions of the current row (horizontal stack) in ring
+    # buffers, slot = index mod d. When a row is complete the vertical stack computes that row alone; at each
+    # position the horizontal stack computes that position alone: constant work per position. Caches are
+    # laid out slot-first, so an update writes one slice, and shapes are static but for the batch.
+
+    def initial_state(self, n, labels=None):
+        """What `step` starts from for `n` code grids: a flat dict (a SavedModel signature can carry it) of
+        the class `labels` (int32 [n]) of a conditional prior, the current row's codes and every cache packed
+        into one tensor [n, ...] (few tensors keep the cost of each call low)."""
+        return {"labels": tf.zeros((n,), tf.int32) if labels is None else tf.cast(labels, tf.int32),
+                "row": tf.zeros((n, self.grid_size), tf.int32), "caches": self._pack(self._empty_caches(n))}
+
+    def step(self, state, position, previous):
+        """(the state for `position` + 1, the logits [n, K] at `position`), given the state for `position`
+        (raster order) and the code at `position` - 1 (`previous`, int32 [n]; ignored at position 0).
+        Starting from `initial_state` and feeding each position's code back gives `call`'s logits."""
+        g = self.grid_size
+        position = tf.cast(position, tf.int32)
+        i, j = position // g, position % g
+        state = {"labels": state["labels"], "row": state["row"], **self._unpack(state["caches"])}
+        state = tf.cond(position > 0, lambda: self.record(state, (position - 1) % g, previous), lambda: state)
+        state = tf.cond(tf.logical_and(position > 0, j == 0), lambda: self.finish_row(state, i - 1),
+                        lambda: state)
+        state, logits = self.logits_at(state, j)
+        caches = self._pack({name: state[name] for name in self._cache_shapes()})
+        return {"labels": state["labels"], "row": state["row"], "caches": caches}, logits
+
+    def _cache_shapes(self):
+        """Each cache's shape but for the batch axis, which is axis 1 (after the slot): name -> shape."""
+        g, c = self.grid_size, self.channels
+        shapes = {}
+        for b, block in enumerate(self.blocks):
+            shapes[f"vertical{b}"] = (block.dilation, g, c)
+            shapes[f"link{b}"] = (1, g, 2 * c)
+            shapes[f"horizontal{b}"] = (block.dilation, c)
+        for k in range(len(self.attentions)):
+            shapes[f"attention{k}"] = (g, g, c)
+        return shapes
+
+    def _empty_caches(self, n):
+        return {name: tf.zeros((shape[0], n, *shape[1:]), self.embedding.compute_dtype)
+                for name, shape in self._cache_shapes().items()}
+
+    def _pack(self, caches):
+        n = ops.shape(caches["link0"])[1]
+        return ops.concatenate([ops.reshape(ops.moveaxis(caches[name], 1, 0), (n, -1))
+                                for name in self._cache_shapes()], axis=1)
+
+    def _unpack(self, packed):
+        shapes = self._cache_shapes()
+        parts = tf.split(packed, [math.prod(shape) for shape in shapes.values()], axis=1)
+        return {name: ops.moveaxis(ops.reshape(part, (-1, *shape)), 0, 1)
+                for (name, shape), part in zip(shapes.items(), parts)}
+
+    def record(self, state, j, code):
+        """The caches once the code at column j of the current row is known."""
+        column = tf.one_hot(j, self.grid_size, dtype=tf.int32)
+        return {**state, "row": state["row"] * (1 - column) + code[:, None] * column}
+
+    def logits_at(self, state, j):
+        """(caches, logits [n, K]) at column j of the current row, whose columns before j are recorded."""
+        labels = state["labels"] if self.num_classes else None
+        row = state["row"]
+        # The first block sees the code to the left (zeros at column 0); later blocks add to their input.
+        left_code = ops.take(row, ops.reshape(ops.maximum(j - 1, 0), (1,)), axis=1)[:, 0]
+        h = (self.embedding(left_code) * ops.cast(j > 0, self.embedding.compute_dtype))[:, None, None, :]
+        state = dict(state)
+        for b, block in enumerate(self.blocks):
+            slot = [[j % block.dilation]]
+            left = tf.gather_nd(state[f"horizontal{b}"], slot)[0] * ops.cast(j >= block.dilation, h.dtype)
+            state[f"horizontal{b}"] = tf.tensor_scatter_nd_update(state[f"horizontal{b}"], slot, h[None, :, 0, 0])
+            link = ops.take(state[f"link{b}"][0], ops.reshape(j, (1,)), axis=1)[:, :, None]
+            h = block.horizontal_step(left[:, None, None, :], h, link, labels)
+        return state, self.head_logits(self.head_hidden(ops.relu(h)))[:, 0, 0]
+
+    def finish_row(self, state, i):
+        """The caches once row i's codes are recorded: each block's vertical input at row i, and its link,
+        which the horizontal stack reads on row i + 1."""
+        labels = state["labels"] if self.num_classes else None
+        v = self.embedding(state["row"])[:, None]
+        state = dict(state)
+        before = dict(zip(self.attention_before, range(len(self.attentions))))
+        for b, block in enumerate(self.blocks):
+            if b in before:
+                k = before[b]
+                rows = tf.tensor_scatter_nd_update(state[f"attention{k}"], [[i]], tf.transpose(v, (1, 0, 2, 3)))
+                state[f"attention{k}"] = rows
+                v = self.attentions[k].row_step(tf.transpose(rows, (1, 0, 2, 3)), i)
+            slot = [[i % block.dilation]]
+            above = tf.gather_nd(state[f"vertical{b}"], slot) * ops.cast(i >= block.dilation, v.dtype)
+            state[f"vertical{b}"] = tf.tensor_scatter_nd_update(state[f"vertical{b}"], slot,
+                                                                tf.transpose(v, (1, 0, 2, 3)))
+            v, link = block.vertical_step(tf.transpose(above, (1, 0, 2, 3)), v, labels)
+            state[f"link{b}"] = tf.transpose(link, (1, 0, 2, 3))
+        return state
 
     def get_config(self):
         return {**super().get_config(), "num_codes": self.num_codes, "grid_size": self.grid_size,
                 "channels": self.channels, "num_layers": self.num_layers, "num_classes": self.num_classes,
                 "attention_layers": self.attention_layers}
+
+
+def _draw(logits, position, temperature, top_k, top_p, seed):
+    """One code per grid [n] from `filter_logits` of `logits` [n, K], with the stateless seed (seed, position)."""
+    logits = filter_logits(logits, temperature, top_k, top_p)
+    seeds = tf.stack([tf.cast(seed, tf.int32), tf.cast(position, tf.int32)])
+    return tf.random.stateless_categorical(logits, 1, seeds, dtype=tf.int32)[:, 0]
 
 
 def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):

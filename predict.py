@@ -5,6 +5,8 @@
     python predict.py --curves logs                      # train/validation loss, SSIM and prior NLL per epoch
     python predict.py --n 16                             # 16 new slices from the prior, one PNG each and a grid
     python predict.py --n 16 --label AD                  # of one class, for a class-conditional (ADNI) model
+    python predict.py --compress /data/ADNI/AD_NC/test --out coded    # one small .vqz file per image
+    python predict.py --decompress coded --out decoded                # and back to PNGs
 
 Only the SavedModel written by train.py is loaded (and, for --curves, its TensorBoard logs).
 """
@@ -17,6 +19,7 @@ import json
 import math
 import shlex
 import shutil
+import time
 from pathlib import Path
 
 import keras
@@ -25,6 +28,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 import dataset
+from codec import SUFFIX, CodecError, PriorCodec, model_fingerprint
 from curves import training_curves_figure
 from export import load_export
 from metrics import evaluate_reconstructions, psnr_text, ssim
@@ -46,6 +50,12 @@ def parse_args(argv=None):
     parser.add_argument("--evaluate", metavar="DATA", help="evaluate on a split of DATA (or 'demo'): metrics "
                         "JSON, per-image CSV, best/median/worst figure and codebook-usage histogram")
     parser.add_argument("--curves", metavar="LOGDIR", help="plot the training curves of train.py's --logdir")
+    parser.add_argument("--compress", nargs="+", metavar="IMAGE_OR_FOLDER",
+                        help="write one .vqz file per image (folders: every image below them, same layout): "
+                        "its code grid range-coded with the prior's probabilities")
+    parser.add_argument("--decompress", nargs="+", metavar="FILE_OR_FOLDER",
+                        help="write the PNG of each .vqz file (folders: every .vqz below them) that --compress "
+                        "wrote with this --model")
     parser.add_argument("--split", default="test", choices=dataset.SPLITS, help="split to evaluate (default: test)")
     parser.add_argument("--metrics-out", help="metrics JSON of --evaluate (default: OUT/evaluation_SPLIT.json)")
     parser.add_argument("--label", help="class to generate, e.g. AD or NC (conditional models only)")
@@ -163,6 +173,89 @@ def generate(model, metadata, args, out):
     if args.n > len(shown):
         title += f": the first {len(shown)} of {args.n}"
     return grid_figure(shown, title, out / f"{stem}_grid.png"), paths
+
+
+def open_codec(model, metadata, path):
+    """The codec of the export at `path`; exits with one line if it cannot code (no prior, or too old)."""
+    try:
+        return PriorCodec(model, metadata, model_fingerprint(path))
+    except CodecError as error:
+        fail(f"--model {path}: {error}")
+
+
+def codec_inputs(flag, given, is_input):
+    """[(file, output path relative to --out without suffix)] for each file in `given` and each file below each
+    folder in it for which `is_input(path)`; exits with one line if none, or if two would write one output."""
+    found = []
+    for name in given:
+        path = Path(name)
+        if path.is_dir():
+            found += [(file, file.relative_to(path).with_suffix("")) for file in sorted(path.rglob("*"))
+                      if file.is_file() and not file.name.startswith(".") and is_input(file)]
+        elif path.is_file():
+            found.append((path, Path(path.stem)))
+        else:
+            fail(f"{flag} {name}: no such file or folder")
+    if not found:
+        fail(f"{flag} {' '.join(given)}: no input files there")
+    outputs = [output for _, output in found]
+    if len(set(outputs)) < len(outputs):
+        twice = next(output for output in outputs if outputs.count(output) > 1)
+        fail(f"{flag}: two inputs would both be written as {twice}; compress them in separate runs")
+    return found
+
+
+def compress_files(model, metadata, args, out):
+    """Write one .vqz file per input image below `out`; returns (files, total bytes, ideal bits, seconds)."""
+    codec = open_codec(model, metadata, args.model)
+    inputs = codec_inputs("--compress", args.compress, lambda path: path.suffix.lower() in dataset.IMAGE_EXTENSIONS)
+    written, total, ideal = [], 0, 0.0
+    progress = keras.utils.Progbar(len(inputs), unit_name="image")
+    started = time.perf_counter()
+    for start in range(0, len(inputs), args.batch_size):
+        batch = inputs[start:start + args.batch_size]
+        images = np.stack([read_image("--compress", path, metadata["image_size"]) for path, _ in batch])
+        labels = codec.best_labels(images)
+        ideal += float(codec.ideal_bits(images, labels).sum())
+        for (_, name), data in zip(batch, codec.compress(images, labels)):
+            mark_as_ours(out, "predictions")
+            path = out / name.with_suffix(SUFFIX)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes(path, data)
+            written.append(path)
+            total += len(data)
+        progress.add(len(batch))
+    return written, total, ideal, time.perf_counter() - started
+
+
+def read_image(flag, path, image_size):
+    """`dataset.decode_image` of one file, or exit with one line naming it."""
+    try:
+        return dataset.decode_image(str(path), image_size).numpy()
+    except (tf.errors.OpError, ValueError) as error:
+        fail(f"{flag} {path}: not a readable image ({str(error).strip().splitlines()[0][:120]})")
+
+
+def decompress_files(model, metadata, args, out):
+    """Write the PNG of each .vqz input below `out`; returns (PNG paths, seconds). A file that does not decode
+    stops the run with one line naming it, and nothing is written for it."""
+    codec = open_codec(model, metadata, args.model)
+    inputs = codec_inputs("--decompress", args.decompress, lambda path: path.suffix == SUFFIX)
+    written = []
+    progress = keras.utils.Progbar(len(inputs), unit_name="file")
+    started = time.perf_counter()
+    for path, name in inputs:
+        try:
+            codes, _ = codec.decompress(path.read_bytes())
+        except CodecError as error:
+            fail(f"--decompress {path}: {error}")
+        image = model.decode(tf.constant(codes[None], tf.int32))[0]
+        mark_as_ours(out, "predictions")
+        written.append(out / name.with_suffix(".png"))
+        written[-1].parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(written[-1], tf.io.encode_png(tf.cast(tf.round(image * 255), tf.uint8)).numpy())
+        progress.add(1)
+    return written, time.perf_counter() - started
 
 
 def filter_text(args):
@@ -313,6 +406,19 @@ def main(argv=None):
     if args.reconstruct:
         path = reconstruct_figure(model, metadata, args.reconstruct, min(args.n, 16), args.seed, out)
         print(f"Reconstructions: {path}")
+        return
+    if args.compress:
+        written, total, ideal, seconds = compress_files(model, metadata, args, out)
+        pixels = metadata["image_size"] ** 2
+        print(f"Compressed {len(written)} images to {out}: {total / len(written):.1f} bytes per image (prior's "
+              f"ideal {ideal / 8 / len(written):.1f} + the 14-byte header), {8 * total / len(written) / pixels:.4f} "
+              f"bits per pixel of the {metadata['image_size']}x{metadata['image_size']} image, "
+              f"{len(written) / seconds:.2f} images/s")
+        return
+    if args.decompress:
+        written, seconds = decompress_files(model, metadata, args, out)
+        print(f"Decompressed {len(written)} files to {out} ({len(written) / seconds:.2f} images/s): "
+              f"{written[0]} ... {written[-1]}")
         return
     if args.evaluate:
         summary, paths = evaluate_split(model, metadata, args, out)

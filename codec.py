@@ -1,0 +1,170 @@
+"""The VQ-VAE as an image codec: an image becomes its code grid, range-coded with the prior's probabilities.
+
+A file is a 14-byte header and the coder's 32-bit words (big-endian):
+
+    magic b"VQ" | format version (1 byte) | model fingerprint (4 bytes) | image side (2 bytes)
+    | class label (1 byte; 255 when the prior is unconditional) | CRC-32 of the code grid (4 bytes) | words
+
+The probabilities come from the export's `prior_step`, one position at a time, on the encoder's side and the
+decoder's alike: both run the same compiled function on one image, so they see bit-identical logits, which
+`constriction` turns into the same integer probabilities (never zero for any code). A file therefore
+decodes only with the model that wrote it: the fingerprint names that model, and the checksum catches any
+difference in arithmetic (another platform, another build) instead of writing a wrong image.
+"""
+
+import hashlib
+import struct
+import zlib
+
+import constriction
+import numpy as np
+import tensorflow as tf
+
+MAGIC = b"VQ"
+VERSION = 1
+HEADER = struct.Struct(">2sB4sHBI")
+NO_LABEL = 255
+SUFFIX = ".vqz"
+
+
+class CodecError(ValueError):
+    """A file that this model cannot decode: not a codec file, damaged, or written by another model."""
+
+
+def model_fingerprint(path):
+    """4 bytes naming the export at `path`: its graph and its weights (TensorFlow's SavedModel fingerprint)."""
+    fingerprint = tf.saved_model.experimental.read_fingerprint(str(path))
+    text = f"{fingerprint.saved_model_checksum}:{fingerprint.checkpoint_hash}"
+    return hashlib.sha256(text.encode()).digest()[:4]
+
+
+def code_checksum(codes):
+    """CRC-32 of a code grid, as unsigned 16-bit little-endian numbers in raster order."""
+    return zlib.crc32(np.asarray(codes, "<u2").tobytes())
+
+
+def probabilities(logits):
+    """Unnormalised float64 probabilities from float32 logits [..., K], the same on both sides of the codec."""
+    logits = np.asarray(logits, np.float64)
+    return np.exp(logits - logits.max(axis=-1, keepdims=True))
+
+
+class PriorCodec:
+    """Compress images into files and back with one export of train.py (which must have a prior)."""
+
+    def __init__(self, model, metadata, fingerprint):
+        if not metadata.get("has_prior") or not hasattr(model, "prior_step"):
+            raise CodecError("this export has no prior_step endpoint (an export from before the codec, or one "
+                             "without a prior); export it again with this version of train.py")
+        self.model = model
+        self.side = metadata["image_size"]
+        self.grid = metadata["grid"]
+        self.num_codes = metadata["num_codes"]
+        self.class_names = metadata["class_names"] if metadata.get("class_counts") else []
+        self.fingerprint = fingerprint
+        self._decoder = None
+        self._teacher_forced = tf.function(self._teacher_forced_logits)
+        self._decoded = tf.function(self._decoded_codes)
+
+    # The prior, one position at a time, on one image (so that no file depends on what it was batched with).
+
+    def _start(self, label):
+        return self.model.prior_start(1, label[None]) if self.class_names else self.model.prior_start(1)
+
+    def _autoregress(self, label, next_code):
+        """Codes [G*G] and logits [G*G, K], where the code at each position is `next_code(position, logits)`."""
+        positions = self.grid * self.grid
+        state = self._start(label)
+        codes = tf.TensorArray(tf.int32, size=positions)
+        logits = tf.TensorArray(tf.float32, size=positions)
+        previous = tf.zeros([1], tf.int32)
+        for position in tf.range(positions):
+            outputs = self.model.prior_step(state, position, previous)
+            state = {name: tf.ensure_shape(outputs[name], value.shape) for name, value in state.items()}
+            previous = next_code(position, outputs["logits"])
+            codes = codes.write(position, previous[0])
+            logits = logits.write(position, outputs["logits"][0])
+        return codes.stack(), logits.stack()
+
+    def _teacher_forced_logits(self, codes, label):
+        return self._autoregress(label, lambda position, logits: codes[position][None])[1]
+
+    def _decoded_codes(self, label):
+        def decode(position, logits):
+            code = tf.numpy_function(self._decode_one, [logits[0]], tf.int32, stateful=True)
+            return tf.reshape(code, [1])
+        return self._autoregress(label, decode)[0]
+
+    def _decode_one(self, logits):
+        model = constriction.stream.model.Categorical(probabilities(logits), perfect=False)
+        return np.int32(self._decoder.decode(model))
+
+    # Files.
+
+    def best_labels(self, images):
+        """For a conditional prior, the class under which each image's codes cost the fewest bits (the file
+        stores it); otherwise None."""
+        if not self.class_names:
+            return None
+        n = len(images)
+        scores = [self.model.log_prob(images, tf.fill([n], k)).numpy() for k in range(len(self.class_names))]
+        return np.argmax(np.stack(scores), axis=0).astype(np.int32)
+
+    def compress(self, images, labels=None):
+        """Files (bytes) for images float32 [N, S, S, 1]; `labels` as from `best_labels` (conditional only)."""
+        images = tf.convert_to_tensor(images, tf.float32)
+        all_codes = self.model.encode(images).numpy().reshape(len(images), -1)
+        labels = self.best_labels(images) if self.class_names and labels is None else labels
+        files = []
+        for index, codes in enumerate(all_codes):
+            label = int(labels[index]) if self.class_names else 0
+            logits = self._teacher_forced(tf.constant(codes, tf.int32), tf.constant(label, tf.int32)).numpy()
+            encoder = constriction.stream.queue.RangeEncoder()
+            encoder.encode(codes.astype(np.int32), constriction.stream.model.Categorical(perfect=False),
+                           probabilities(logits))
+            header = HEADER.pack(MAGIC, VERSION, self.fingerprint, self.side,
+                                 label if self.class_names else NO_LABEL, code_checksum(codes))
+            files.append(header + encoder.get_compressed().astype(">u4").tobytes())
+        return files
+
+    def read_header(self, data):
+        """(label or None, checksum, payload words) of a file's bytes; CodecError if this model cannot decode it."""
+        if len(data) < HEADER.size or data[:2] != MAGIC:
+            raise CodecError("not a file of this codec (no VQ header)")
+        magic, version, fingerprint, side, label, checksum = HEADER.unpack_from(data)
+        if version != VERSION:
+            raise CodecError(f"codec format version {version}; this program reads version {VERSION}")
+        if fingerprint != self.fingerprint:
+            raise CodecError(f"written by another model (fingerprint {fingerprint.hex()}, this model's is "
+                             f"{self.fingerprint.hex()}); decode it with the export that wrote it")
+        if side != self.side:
+            raise CodecError(f"a {side}x{side} image; this model's images are {self.side}x{self.side}")
+        if (label == NO_LABEL) != (not self.class_names) or (self.class_names and label >= len(self.class_names)):
+            raise CodecError(f"class label {label} does not fit this model's classes {self.class_names}")
+        payload = data[HEADER.size:]
+        if len(payload) % 4:
+            raise CodecError("truncated: the coded data is not a whole number of 32-bit words")
+        words = np.frombuffer(payload, ">u4").astype(np.uint32)
+        return (label if self.class_names else None), checksum, words
+
+    def decompress(self, data):
+        """(code grid int32 [G, G], label or None) of one file's bytes; CodecError if it does not decode."""
+        label, checksum, words = self.read_header(data)
+        self._decoder = constriction.stream.queue.RangeDecoder(words)
+        try:
+            codes = self._decoded(tf.constant(label or 0, tf.int32)).numpy()
+        except tf.errors.OpError as error:
+            raise CodecError(f"damaged coded data ({str(error).strip().splitlines()[0][:120]})") from None
+        finally:
+            self._decoder = None
+        if code_checksum(codes) != checksum:
+            raise CodecError("the decoded codes fail the checksum: the file is damaged, or this platform's "
+                             "arithmetic differs from the encoder's")
+        return codes.reshape(self.grid, self.grid), label
+
+    def ideal_bits(self, images, labels=None):
+        """-log2 p of each image's codes under the prior (what an ideal entropy coder would spend), [N]."""
+        images = tf.convert_to_tensor(images, tf.float32)
+        if not self.class_names:
+            return -self.model.log_prob(images).numpy() / np.log(2)
+        return -self.model.log_prob(images, tf.constant(labels, tf.int32)).numpy() / np.log(2)
