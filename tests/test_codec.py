@@ -1,0 +1,109 @@
+"""The codec: exact round trips, file sizes at the prior's ideal rate, and one clear line for every file that
+does not decode (nothing written)."""
+
+import constriction
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import dataset
+import predict
+from codec import HEADER, PriorCodec, model_fingerprint, probabilities
+from conftest import call_main
+from export import load_export
+
+
+@pytest.fixture(scope="module")
+def coded(trained):
+    """(codec, export, test images [N, 32, 32, 1], their files, the folder of test slices) of the tiny run."""
+    out, _, data, _ = trained
+    model, metadata = load_export(out)
+    codec = PriorCodec(model, metadata, model_fingerprint(out))
+    files = [str(path) for path in sorted((data / "test").rglob("*.jpeg"))][::2]
+    images = np.stack([dataset.decode_image(path, metadata["image_size"]).numpy() for path in files])
+    return codec, model, images, codec.compress(images), data / "test"
+
+
+def test_round_trip_is_exact_and_files_cost_what_the_prior_says(coded):
+    codec, model, images, files, _ = coded
+    expected = model.encode(tf.constant(images)).numpy()
+    labels = codec.best_labels(images)
+    ideal = codec.ideal_bits(images, labels)
+    for data, codes, bits, label in zip(files, expected, ideal, labels):
+        decoded, decoded_label = codec.decompress(data)
+        np.testing.assert_array_equal(decoded, codes)
+        assert decoded_label == label
+        payload_bits = 8 * (len(data) - HEADER.size)
+        # A range coder spends the ideal bits plus at most its final two 32-bit words.
+        assert bits - 8 <= payload_bits <= 1.03 * bits + 64, (payload_bits, bits)
+    assert HEADER.size <= 16
+
+
+def test_the_stored_label_is_the_class_whose_prior_costs_least(coded):
+    codec, model, images, _, _ = coded
+    costs = [-model.log_prob(tf.constant(images), tf.fill([len(images)], k)).numpy() for k in (0, 1)]
+    np.testing.assert_array_equal(codec.best_labels(images), np.argmin(np.stack(costs), axis=0))
+
+
+def test_compress_and_decompress_from_the_command_line(coded, trained, tmp_path, capsys):
+    codec, model, _, _, test_folder = coded
+    result = call_main(predict.main, ["--model", str(trained[0]), "--compress", str(test_folder),
+                                      "--out", str(tmp_path / "coded")], capsys)
+    assert result.returncode == 0, result.stderr
+    assert "bytes per image" in result.stdout and str(tmp_path / "coded") in result.stdout
+    written = sorted((tmp_path / "coded").rglob("*.vqz"))
+    assert [path.relative_to(tmp_path / "coded").with_suffix("") for path in written] == \
+        [path.relative_to(test_folder).with_suffix("") for path in sorted(test_folder.rglob("*.jpeg"))]
+    result = call_main(predict.main, ["--model", str(trained[0]), "--decompress", str(tmp_path / "coded"),
+                                      "--out", str(tmp_path / "decoded")], capsys)
+    assert result.returncode == 0, result.stderr
+    for path in written[:3]:
+        source = test_folder / path.relative_to(tmp_path / "coded").with_suffix(".jpeg")
+        image = dataset.decode_image(str(source), codec.side).numpy()[None]
+        expected = np.round(model.decode(model.encode(tf.constant(image))).numpy()[0, ..., 0] * 255)
+        png = tmp_path / "decoded" / path.relative_to(tmp_path / "coded").with_suffix(".png")
+        np.testing.assert_array_equal(np.asarray(Image.open(png)), expected.astype(np.uint8))
+
+
+def _flip_a_payload_byte(data):
+    return data[:HEADER.size + 5] + bytes([data[HEADER.size + 5] ^ 0x40]) + data[HEADER.size + 6:]
+
+
+DAMAGES = {
+    "a flipped byte": (_flip_a_payload_byte, "checksum"),
+    "a cut header": (lambda data: data[:9], "not a file of this codec"),
+    "a cut word": (lambda data: data[:-2], "truncated"),
+    "a lost word": (lambda data: data[:-4], "checksum"),
+    "another model's": (lambda data: data[:3] + bytes(b ^ 0xFF for b in data[3:7]) + data[7:], "another model"),
+    "not a codec file": (lambda data: b"\x89PNG\r\n\x1a\n" + bytes(40), "not a file of this codec"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_file_that_does_not_decode_gives_one_line_and_writes_nothing(damage, coded, trained, tmp_path, capsys):
+    _, _, _, files, _ = coded
+    change, words = DAMAGES[damage]
+    path = tmp_path / "in" / "slice.vqz"
+    path.parent.mkdir()
+    path.write_bytes(change(files[0]))
+    out = tmp_path / "decoded"
+    result = call_main(predict.main, ["--model", str(trained[0]), "--decompress", str(path), "--out", str(out)],
+                       capsys)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --decompress {path}: ") and words in lines[0], lines
+    assert not out.exists()
+
+
+def test_quantised_probabilities_never_give_a_code_zero_probability():
+    """Even a code the prior all but rules out can be coded and decoded (constriction's guarantee, which the
+    codec relies on), and decoding with the same logits gives the codes back."""
+    logits = np.array([[0.0, -1e4, -60.0, 30.0, -np.float32(3e38)]] * 5, np.float32)
+    codes = np.array([1, 4, 2, 3, 0], np.int32)
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(codes, constriction.stream.model.Categorical(perfect=False), probabilities(logits))
+    decoder = constriction.stream.queue.RangeDecoder(encoder.get_compressed())
+    decoded = [decoder.decode(constriction.stream.model.Categorical(p, perfect=False))
+               for p in probabilities(logits)]
+    np.testing.assert_array_equal(decoded, codes)
