@@ -112,6 +112,17 @@ def check_output_folder(flag, path, purpose, may_exist=True):
     check_writable(flag, path)
 
 
+def check_figure_path(flag, path):
+    """Exit with one line unless `path` is a new PNG or one in a folder of this tool's (such as assets/)."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        fail(f"{flag} {path}: expected a .png path")
+    if not path.parent.is_dir():
+        fail(f"{flag} {path}: no folder {path.parent}")
+    if path.exists() and not is_ours(path.parent):
+        fail(f"{flag} {path}: a file this tool did not write; choose a new name")
+
+
 def nearest_existing(path):
     """`path` made absolute, or its nearest parent that exists."""
     existing = Path(os.path.abspath(path))

@@ -30,7 +30,7 @@ import dataset
 from codec import PriorCodec, model_fingerprint
 from export import load_export
 from metrics import psnr, ssim
-from utils import write_bytes
+from utils import check_figure_path, write_bytes
 
 # Each codec: (encode at a quality level, decode to [H, W] uint8, the quality levels tried).
 CODECS = {
@@ -126,7 +126,7 @@ def plot(points, path):
     """SSIM and PSNR against bits per pixel, one line per classical codec, a marker per VQ-VAE export."""
     figure = Figure(figsize=(11, 4.2))
     for axis, metric in zip(figure.subplots(1, 2), ("ssim", "psnr")):
-        for name in CODECS:
+        for name in sorted({p["codec"] for p in points} - {"VQ-VAE"}, key=list(CODECS).index):
             curve = sorted((p for p in points if p["codec"] == name), key=lambda p: p["bpp"])
             axis.plot([p["bpp"] for p in curve], [p[metric] for p in curve], marker=".", label=name)
         for p in (p for p in points if p["codec"] == "VQ-VAE"):
@@ -149,24 +149,31 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["saved_models/vqvae"], help="exports from train.py")
     parser.add_argument("--data", help="data folder (default: the embedded demo)")
-    parser.add_argument("--limit", type=int, default=100, help="test images, spread evenly (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=100,
+                        help="test images, spread evenly over the split (default: %(default)s)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[100, 150, 200, 300, 400, 600, 800, 1200, 1600,
                                                                   2400, 3200], help="bytes per image")
+    parser.add_argument("--classical", nargs="*", default=list(CODECS), choices=list(CODECS), metavar="CODEC",
+                        help=f"classical codecs to compare (default: all of {', '.join(CODECS)}; none: only the "
+                        "VQ-VAE, for a round-trip check of a whole split)")
     parser.add_argument("--plot", help="PNG of SSIM and PSNR against bits per pixel")
     args = parser.parse_args()
     command = "python -m benchmarks.codec " + " ".join(sys.argv[1:])
+    if args.plot:
+        check_figure_path("--plot", args.plot)
     size = load_export(args.models[0])[1]["image_size"]
     images = test_images(args.data, size, args.limit)
     points = []
     for path in args.models:
         points.append(vqvae_point(path, images))
         print(json.dumps({"benchmark": "codec", **points[-1], "n_images": len(images)}), flush=True)
-    for name in CODECS:
+    for name in args.classical:
         for point in classical_points(name, images, args.budgets):
             points.append(point)
             print(json.dumps({"benchmark": "codec", **point, "n_images": len(images)}), flush=True)
     for point in (p for p in points if p["codec"] == "VQ-VAE"):
-        needed = {name: bytes_at_ssim([p for p in points if p["codec"] == name], point["ssim"]) for name in CODECS}
+        needed = {name: bytes_at_ssim([p for p in points if p["codec"] == name], point["ssim"])
+                  for name in args.classical}
         reached = {name: value for name, value in needed.items() if value is not None}
         best = min(reached, key=reached.get) if reached else None
         print(json.dumps({"benchmark": "codec_summary", "model": point["model"], "ssim": point["ssim"],

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 import dataset
 from export import load_export
 from metrics import ssim
-from utils import fail, is_ours, write_bytes
+from utils import check_figure_path, fail, write_bytes
 
 FOREGROUND = 0.1  # intensity above which a pixel counts as head, not background
 
@@ -174,17 +174,6 @@ def side_by_side(real, generated, title, path, per_side=16):
     write_bytes(path, buffer.getvalue())
 
 
-def check_figure_path(path):
-    """Exit with one line unless `path` is a new PNG or one in a folder of this tool's (such as assets/)."""
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        fail(f"--figure {path}: expected a .png path")
-    if not path.parent.is_dir():
-        fail(f"--figure {path}: no folder {path.parent}")
-    if path.exists() and not is_ours(path.parent):
-        fail(f"--figure {path}: a file this tool did not write; choose a new name")
-
-
 def training_slices(source, image_size, limit):
     """At most `limit` training slices, spread over the split, for the memorisation check."""
     split = source.splits["train"]
@@ -217,7 +206,7 @@ def main():
     parser.add_argument("--figure", help="also write 16 real held-out slices beside 16 generated ones to this PNG")
     args = parser.parse_args()
     if args.figure:
-        check_figure_path(args.figure)
+        check_figure_path("--figure", args.figure)
     try:
         model, metadata = load_export(args.model)
     except ValueError as error:

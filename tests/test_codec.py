@@ -9,7 +9,7 @@ from PIL import Image
 
 import dataset
 import predict
-from codec import HEADER, PriorCodec, model_fingerprint, probabilities
+from codec import HEADER, CodecError, PriorCodec, model_fingerprint, probabilities
 from conftest import call_main
 from export import load_export
 
@@ -20,7 +20,7 @@ def coded(trained):
     out, _, data, _ = trained
     model, metadata = load_export(out)
     codec = PriorCodec(model, metadata, model_fingerprint(out))
-    files = [str(path) for path in sorted((data / "test").rglob("*.jpeg"))][::2]
+    files = [str(path) for path in sorted((data / "test").rglob("*.jpeg"))][::4]
     images = np.stack([dataset.decode_image(path, metadata["image_size"]).numpy() for path in files])
     return codec, model, images, codec.compress(images), data / "test"
 
@@ -48,18 +48,22 @@ def test_the_stored_label_is_the_class_whose_prior_costs_least(coded):
 
 def test_compress_and_decompress_from_the_command_line(coded, trained, tmp_path, capsys):
     codec, model, _, _, test_folder = coded
-    result = call_main(predict.main, ["--model", str(trained[0]), "--compress", str(test_folder),
+    inputs = tmp_path / "slices"
+    for path in sorted(test_folder.rglob("*.jpeg"))[::5]:  # a few slices of each class, in class folders
+        (inputs / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (inputs / path.parent.name / path.name).write_bytes(path.read_bytes())
+    result = call_main(predict.main, ["--model", str(trained[0]), "--compress", str(inputs),
                                       "--out", str(tmp_path / "coded")], capsys)
     assert result.returncode == 0, result.stderr
     assert "bytes per image" in result.stdout and str(tmp_path / "coded") in result.stdout
     written = sorted((tmp_path / "coded").rglob("*.vqz"))
     assert [path.relative_to(tmp_path / "coded").with_suffix("") for path in written] == \
-        [path.relative_to(test_folder).with_suffix("") for path in sorted(test_folder.rglob("*.jpeg"))]
+        [path.relative_to(inputs).with_suffix("") for path in sorted(inputs.rglob("*.jpeg"))]
     result = call_main(predict.main, ["--model", str(trained[0]), "--decompress", str(tmp_path / "coded"),
                                       "--out", str(tmp_path / "decoded")], capsys)
     assert result.returncode == 0, result.stderr
-    for path in written[:3]:
-        source = test_folder / path.relative_to(tmp_path / "coded").with_suffix(".jpeg")
+    for path in written:
+        source = inputs / path.relative_to(tmp_path / "coded").with_suffix(".jpeg")
         image = dataset.decode_image(str(source), codec.side).numpy()[None]
         expected = np.round(model.decode(model.encode(tf.constant(image))).numpy()[0, ..., 0] * 255)
         png = tmp_path / "decoded" / path.relative_to(tmp_path / "coded").with_suffix(".png")
@@ -81,18 +85,24 @@ DAMAGES = {
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
-def test_a_file_that_does_not_decode_gives_one_line_and_writes_nothing(damage, coded, trained, tmp_path, capsys):
-    _, _, _, files, _ = coded
+def test_a_file_that_does_not_decode_is_refused_with_the_reason(damage, coded):
+    codec, _, _, files, _ = coded
     change, words = DAMAGES[damage]
+    with pytest.raises(CodecError, match=words):
+        codec.decompress(change(files[0]))
+
+
+def test_the_command_line_gives_one_line_for_a_damaged_file_and_writes_nothing(coded, trained, tmp_path, capsys):
+    _, _, _, files, _ = coded
     path = tmp_path / "in" / "slice.vqz"
     path.parent.mkdir()
-    path.write_bytes(change(files[0]))
+    path.write_bytes(_flip_a_payload_byte(files[0]))
     out = tmp_path / "decoded"
     result = call_main(predict.main, ["--model", str(trained[0]), "--decompress", str(path), "--out", str(out)],
                        capsys)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: --decompress {path}: ") and words in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith(f"error: --decompress {path}: ") and "checksum" in lines[0], lines
     assert not out.exists()
 
 

@@ -50,7 +50,7 @@ def test_the_figure_never_replaces_a_file_the_tool_did_not_write(tmp_path, capsy
     foreign = tmp_path / "mine.png"
     foreign.write_bytes(b"not ours")
     with pytest.raises(SystemExit) as exit:
-        realism.check_figure_path(str(foreign))
+        realism.check_figure_path("--figure", str(foreign))
     assert exit.value.code == 2
     assert f"--figure {foreign}: a file this tool did not write" in capsys.readouterr().err
     assert foreign.read_bytes() == b"not ours"
