@@ -553,7 +553,7 @@ def report(run, metrics):
               f"(uniform: {metrics['prior_uniform_bits_per_code']:.0f}); trained "
               f"{metrics['prior_train_seconds'] / 60:.1f} min")
     out = run.out
-    endpoints = "encode, decode, reconstruct" + (", sample, prior_logits, log_prob"
+    endpoints = "encode, decode, reconstruct" + (", sample, prior_logits, log_prob, prior_start, prior_step"
                                                  if "prior_validation_bits_per_code" in metrics else "")
     print(f"SavedModel:  {out}  (tf.saved_model.load; {endpoints})")
     prior = f", {out / 'prior.keras'}" if (out / "prior.keras").exists() else ""

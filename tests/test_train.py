@@ -78,6 +78,12 @@ def test_export_loads_without_the_project_and_matches_the_keras_models(trained, 
         np.testing.assert_array_equal(unfiltered.numpy(), samples.numpy())
         greedy = [model.sample_class(2, 1, 1.0, seed, 1, 1.0).numpy() for seed in (0, 1)]  # top_k 1
         np.testing.assert_array_equal(greedy[0], greedy[1])
+        state, previous, stepped = model.prior_start(3, labels), tf.zeros([3], tf.int32), []
+        for position in range(64):  # the prior one position at a time, fed the images' own codes
+            state = model.prior_step(state, position, previous)
+            stepped.append(state.pop("logits").numpy())
+            previous = tf.reshape(codes, (3, 64))[:, position]
+        np.save("stepped.npy", np.stack(stepped, axis=1).reshape(3, 8, 8, -1))
         print(model.metadata().numpy().decode())
     """)
     result = run([sys.executable, "-c", script], cwd=tmp_path, env={"PYTHONPATH": ""})
@@ -97,6 +103,7 @@ def test_export_loads_without_the_project_and_matches_the_keras_models(trained, 
     codes = vqvae.encode(images)
     logits = prior((codes, tf.constant([0, 1, 1]))).numpy()
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), logits, atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "stepped.npy"), logits, atol=1e-4)
     # log_prob is the sum over positions of the log-softmax at each image's own codes.
     log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     expected = np.take_along_axis(log_softmax, codes.numpy()[..., None], -1).sum(axis=(1, 2, 3))
