@@ -5,7 +5,8 @@ The cached sampler (`GatedPixelCNN.sample`) does constant work per position; the
 whole network at every position, G*G full passes, timed here as one full pass times G*G. Both draw the same
 codes (tests/test_prior.py). Times are of a second call, after the first has traced and compiled. With
 --model, also the seconds to compress and to decompress one image with that export (`codec.PriorCodec`, one
-image at a time, as the codec always works). Prints one JSON line.
+image at a time, as the codec always works), and decompression's speed-up over G*G full passes on one image.
+Prints one JSON line.
 
     python -m benchmarks.sampler                                  # train.py's default prior size, random
     python -m benchmarks.sampler --model saved_models/adni --n 16
@@ -80,7 +81,12 @@ def main():
               "speedup_graph": round(full_pass * g * g / graph, 1)}
     if args.model:
         compress, decompress = codec_seconds(args.model)
-        result.update(compress_seconds_per_image=round(compress, 3), decompress_seconds_per_image=round(decompress, 3))
+        one = tf.zeros((1, g, g), tf.int32)
+        label = tf.zeros([1], tf.int32)
+        full_pass_one = seconds_of_second_call(tf.function(lambda: prior((one, label) if prior.num_classes else one)))
+        result.update(compress_seconds_per_image=round(compress, 3), decompress_seconds_per_image=round(decompress, 3),
+                      full_passes_seconds_one_image=round(full_pass_one * g * g, 2),
+                      decompress_speedup=round(full_pass_one * g * g / decompress, 1))
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     print(json.dumps({**result, "device": device, "command": "python -m benchmarks.sampler " + " ".join(sys.argv[1:])}))
 
