@@ -1,0 +1,124 @@
+"""Volumes: RAS reorientation of NIfTI and Analyze files with non-trivial affines, normalisation against
+scikit-image, brainless slices left out, subject ids from file names, and a clear error for each bad file."""
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+from skimage import exposure
+
+import volumes
+
+SHAPE = (6, 7, 8)  # RAS: x to the right, y to the front, z up
+MARKER = (1, 2, 5)
+
+
+def ras_volume():
+    """A head-like volume in RAS with one bright marker voxel."""
+    volume = 20.0 + np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE) / 10
+    volume[MARKER] = 1000.0
+    return volume
+
+
+def stored(axcodes):
+    """The RAS volume as a scanner might store it: axes permuted and flipped to `axcodes`, with the affine
+    that says so (nibabel's own reorientation)."""
+    image = nib.Nifti1Image(ras_volume(), np.diag([2.0, 3.0, 4.0, 1.0]))
+    transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                                nib.orientations.axcodes2ornt(axcodes))
+    return image.as_reoriented(transform)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("axcodes", ["LAS", "SLP", "PIR"])
+def test_a_nifti_volume_is_read_in_ras_whatever_its_stored_orientation(suffix, axcodes, tmp_path):
+    image = stored(axcodes)
+    assert nib.aff2axcodes(image.affine) == tuple(axcodes)
+    assert np.unravel_index(np.asarray(image.dataobj).argmax(), image.shape) != MARKER  # not stored as RAS
+    path = tmp_path / f"scan{suffix}"
+    nib.save(image, path)
+    volume, note = volumes.read_volume(path)
+    assert note is None
+    np.testing.assert_array_equal(volume, volumes.normalise("ras", ras_volume()))
+
+
+# Where voxel (x, y, z) of a RAS volume lands in each axis's slice image: (row, column).
+LANDS = {"axial": lambda x, y, z: (SHAPE[1] - 1 - y, x), "coronal": lambda x, y, z: (SHAPE[2] - 1 - z, x),
+         "sagittal": lambda x, y, z: (SHAPE[2] - 1 - z, y)}
+
+
+@pytest.mark.parametrize("axis", sorted(volumes.AXES))
+def test_each_axis_slices_with_the_front_or_top_up_and_the_right_on_the_right(axis, tmp_path):
+    nib.save(stored("PIR"), tmp_path / "scan.nii.gz")
+    volume, _ = volumes.read_volume(tmp_path / "scan.nii.gz")
+    along = volumes.AXES[axis]
+    for index in (0, MARKER[along]):
+        image = volumes.slice_image(volume, axis, index)
+        for x, y, z in np.ndindex(SHAPE):
+            if (x, y, z)[along] == index:
+                assert image[LANDS[axis](x, y, z)] == volume[x, y, z]
+
+
+def test_an_analyze_pair_is_read_with_nibabels_default_radiological_flip(tmp_path):
+    path = tmp_path / "OAS1_0001_MR1_mpr_n4_anon_111_t88_masked_gfc.hdr"
+    nib.save(nib.AnalyzeImage(ras_volume(), None), path)
+    assert path.with_suffix(".img").exists()
+    assert nib.aff2axcodes(nib.load(path).affine)[0] == "L"  # Analyze 7.5 stores no orientation: x runs left
+    volume, _ = volumes.read_volume(path)
+    np.testing.assert_array_equal(volume, volumes.normalise("ras", ras_volume())[::-1])
+
+
+def test_normalisation_maps_robust_percentiles_to_0_and_1():
+    data = np.random.default_rng(0).gamma(2.0, 50.0, SHAPE).astype(np.float32)
+    data[0, 0, 0] = np.nan
+    low, high = np.nanpercentile(data, volumes.PERCENTILES)
+    expected = exposure.rescale_intensity(np.nan_to_num(data, nan=low), in_range=(low, high), out_range=(0.0, 1.0))
+    np.testing.assert_allclose(volumes.normalise("x", data), expected, atol=1e-6)
+
+
+def test_slices_without_brain_are_left_out():
+    volume = np.zeros(SHAPE, np.float32)
+    volume[1:5, 1:6, 2:6] = 0.8
+    volume[0, 0, 0] = 0.9  # one hot voxel is not a head
+    assert volumes.brain_slices(volume, "axial") == [2, 3, 4, 5]
+    assert volumes.brain_slices(volume, "sagittal") == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("name, subject", [
+    ("sub-OAS30001_ses-d0129_T1w.nii.gz", "sub-OAS30001"),
+    ("OAS1_0001_MR1_mpr_n4_anon_111_t88_masked_gfc.hdr", "OAS1_0001"),
+    ("OAS30001_MR_d0129.nii", "OAS30001"),
+    ("ADNI_941_S_1311_MR_MPRAGE_br_raw_20070212_S12345_I67890.nii", "941_S_1311"),
+    ("brain.nii.gz", "brain"),
+])
+def test_subject_ids_come_from_bids_oasis_and_adni_names(name, subject):
+    assert volumes.subject_id(name) == subject
+
+
+def test_a_4d_series_gives_its_first_volume_and_says_so(tmp_path):
+    series = np.stack([ras_volume(), np.zeros(SHAPE, np.float32) + 5], axis=-1)
+    nib.save(nib.Nifti1Image(series, np.eye(4)), tmp_path / "series.nii")
+    volume, note = volumes.read_volume(tmp_path / "series.nii")
+    np.testing.assert_array_equal(volume, volumes.normalise("ras", ras_volume()))
+    assert "first" in note and "2 volumes" in note
+
+
+def damaged_files(tmp_path):
+    nib.save(nib.Nifti1Image(ras_volume(), np.eye(4)), tmp_path / "whole.nii.gz")
+    data = (tmp_path / "whole.nii.gz").read_bytes()
+    (tmp_path / "truncated.nii.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.nii").write_bytes(gzip.compress(b"not a volume") * 10)
+    nib.save(nib.AnalyzeImage(ras_volume(), None), tmp_path / "lonely.hdr")
+    (tmp_path / "lonely.img").unlink()
+    nib.save(nib.Nifti1Image(np.ones((5, 5), np.float32), np.eye(4)), tmp_path / "flat.nii")
+    nib.save(nib.Nifti1Image(np.full(SHAPE, 3.0, np.float32), np.eye(4)), tmp_path / "constant.nii")
+    return {"truncated.nii.gz": "not a readable", "garbage.nii": "not a readable", "lonely.hdr": "without its image",
+            "flat.nii": "expected 3 dimensions", "constant.nii": "do not vary"}
+
+
+def test_each_bad_volume_gives_an_error_naming_the_file(tmp_path):
+    for name, words in damaged_files(tmp_path).items():
+        with pytest.raises(volumes.VolumeError, match=words) as error:
+            volumes.read_volume(tmp_path / name)
+        assert str(error.value).startswith(str(tmp_path / name)) and "\n" not in str(error.value)

@@ -1,0 +1,98 @@
+"""Brain volumes as 2D slices: NIfTI (.nii, .nii.gz) and Analyze 7.5 (.hdr/.img) scans read with nibabel,
+turned to the canonical RAS orientation, intensity-normalised per volume, and sliced along one axis.
+
+RAS: the first voxel axis runs to the subject's Right, the second Anterior, the third Superior, whatever the
+scanner stored; so "axial" means the same slices for every file. A slice is shown as radiologists' software
+in neurological convention does: axial and coronal slices with the subject's right on the right, anterior
+(axial) or superior (coronal, sagittal) at the top.
+"""
+
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+PERCENTILES = (0.5, 99.5)  # intensities below and above map to 0 and 1: robust to a few hot or dark voxels
+FOREGROUND_LEVEL = 0.1  # a voxel above this normalised intensity is head, not background
+MIN_FOREGROUND = 0.05  # slices with less head than this fraction of their area are left out
+# Subject ids: BIDS "sub-OAS30001_ses-d0129_T1w" -> "sub-OAS30001"; OASIS-1 "OAS1_0001_MR1_mpr..." ->
+# "OAS1_0001"; OASIS-3 "OAS30001_MR_d0129" -> "OAS30001"; ADNI "ADNI_941_S_1311_MR_MPRAGE..." -> "941_S_1311".
+SUBJECT_PATTERNS = (re.compile(r"(sub-[A-Za-z0-9]+)"), re.compile(r"(OAS1_\d+)"), re.compile(r"(OAS3\d+)"),
+                    re.compile(r"(\d{3}_S_\d+)"))
+
+
+class VolumeError(ValueError):
+    """A file that is not a usable brain volume; the message starts with its path."""
+
+
+def is_volume(path):
+    """Whether `path` names a volume this module reads (an Analyze pair by its .hdr)."""
+    name = Path(path).name.lower()
+    return name.endswith((".nii", ".nii.gz", ".hdr")) and not name.startswith(".")
+
+
+def subject_id(path):
+    """The subject a volume belongs to, from its file name (BIDS, OASIS or ADNI style), else the file stem."""
+    name = Path(path).name
+    for pattern in SUBJECT_PATTERNS:
+        match = pattern.search(name)
+        if match:
+            return match.group(1)
+    return re.sub(r"(\.nii)?(\.gz)?$|\.hdr$", "", name, flags=re.IGNORECASE)
+
+
+def read_volume(path):
+    """(volume float32 [X, Y, Z] in RAS, normalised to [0, 1], a note or None) of one file.
+
+    A 4D series gives its first volume (the note says so); NaN and infinite voxels count as background.
+    Raises VolumeError for a file nibabel cannot read, an Analyze header without its image, a volume that is
+    not 3D or 4D, and one without any intensity range.
+    """
+    path = Path(path)
+    if path.name.lower().endswith(".hdr") and not path.with_suffix(".img").exists():
+        raise VolumeError(f"{path}: an Analyze header without its image file {path.with_suffix('.img').name}")
+    try:
+        image = nib.as_closest_canonical(nib.load(str(path)))
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as error:  # nibabel raises many kinds for damaged files (gzip, struct, value errors)
+        raise VolumeError(f"{path}: not a readable NIfTI or Analyze volume ({_first_line(error)})") from None
+    note = None
+    if data.ndim == 4:
+        note = f"{path}: a 4D series of {data.shape[3]} volumes; using the first"
+        data = data[..., 0]
+    if data.ndim != 3 or min(data.shape) < 2:
+        raise VolumeError(f"{path}: a volume of shape {data.shape}; expected 3 dimensions (or 4, a series)")
+    return normalise(path, data), note
+
+
+def normalise(path, data):
+    """`data` mapped linearly so that its PERCENTILES of finite voxels go to 0 and 1, clipped to [0, 1]."""
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise VolumeError(f"{path}: no finite voxel")
+    low, high = np.percentile(data[finite], PERCENTILES)
+    if high <= low:
+        raise VolumeError(f"{path}: its intensities do not vary (percentiles {PERCENTILES} both {low:g})")
+    scaled = np.where(finite, (data - low) / (high - low), 0.0)
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+
+
+def brain_slices(volume, axis):
+    """Indices along `axis` ("axial", "coronal" or "sagittal") of the slices with at least MIN_FOREGROUND of
+    their area above FOREGROUND_LEVEL."""
+    other = tuple(k for k in range(3) if k != AXES[axis])
+    fraction = (volume > FOREGROUND_LEVEL).mean(axis=other)
+    return [int(index) for index in np.flatnonzero(fraction >= MIN_FOREGROUND)]
+
+
+def slice_image(volume, axis, index):
+    """Slice `index` of a RAS volume along `axis`, as float32 [rows, columns], oriented for display."""
+    plane = np.take(volume, index, axis=AXES[axis])
+    return np.ascontiguousarray(np.rot90(plane))  # the second remaining axis runs up the rows
+
+
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:160] if lines else ''}"
