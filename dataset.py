@@ -13,6 +13,7 @@ Every image becomes grayscale float32 in [0, 1], padded with background to a squ
 """
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
+import volumes
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 SPLITS = ("train", "validate", "test")
@@ -50,11 +53,14 @@ images were smaller than the image size and so upscaled."""
 
 @dataclasses.dataclass
 class Split:
-    """The image files of one split, their patient ids and integer labels (-1 where unlabelled)."""
+    """The image files of one split, their patient ids and integer labels (-1 where unlabelled); for volumes,
+    the volume files, the `axis` they are sliced along and which brain slices are kept (`slices`)."""
 
     files: list
     patients: list
     labels: list
+    axis: str = None
+    slices: str = "all"
 
     def __len__(self):
         return len(self.files)
@@ -81,6 +87,16 @@ def patient_id(path):
 def image_files(folder):
     """All image files below `folder`, sorted, ignoring other files and hidden ones. Symlinked folders are
     followed (each real folder once). Raises DataError for a file name that is not valid UTF-8."""
+    return _files_below(folder, lambda name: Path(name).suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def volume_files(folder):
+    """All NIfTI and Analyze volumes below `folder` (an Analyze pair by its .hdr), as `image_files` finds
+    images."""
+    return _files_below(folder, volumes.is_volume)
+
+
+def _files_below(folder, wanted):
     found, seen = [], set()
     for parent, folders, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(parent)
@@ -91,7 +107,7 @@ def image_files(folder):
         folders[:] = [name for name in folders if not name.startswith(".")]
         for name in files:
             path = os.path.join(parent, name)
-            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".") and os.path.isfile(path):
+            if wanted(name) and not name.startswith(".") and os.path.isfile(path):
                 found.append(_checked_name(path))
     return sorted(found)
 
@@ -123,8 +139,11 @@ def detect_layout(root):
         return "adni"
     if image_files(root):
         return "folder"
-    raise DataError(f"{root}: found no images (.png, .jpg, .jpeg, .bmp, .gif) and no OASIS "
-                    f"(keras_png_slices_train/) or ADNI (AD_NC/train/AD, AD_NC/train/NC) layout")
+    if volume_files(root):
+        return "volumes"
+    raise DataError(f"{root}: found no images (.png, .jpg, .jpeg, .bmp, .gif), no volumes (.nii, .nii.gz, "
+                    f".hdr/.img) and no OASIS (keras_png_slices_train/) or ADNI (AD_NC/train/AD, AD_NC/train/NC) "
+                    f"layout")
 
 
 def _adni_root(root):
@@ -178,7 +197,7 @@ def _carve_by_patient(split, fraction, seed):
 
 def _select(split, keep_patient):
     rows = [row for row in zip(split.files, split.patients, split.labels) if keep_patient(row[1])]
-    return Split([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+    return Split([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], split.axis, split.slices)
 
 
 def load_folder(root, fractions=(0.8, 0.1, 0.1), seed=0):
@@ -190,7 +209,12 @@ def load_folder(root, fractions=(0.8, 0.1, 0.1), seed=0):
     parents = sorted({str(Path(f).parent.relative_to(root)) for f in files})
     class_names = parents if len(parents) > 1 else []
     labels = [class_names.index(str(Path(f).parent.relative_to(root))) if class_names else -1 for f in files]
-    everything = _split_of(files, labels)
+    splits = _split_by_patient(_split_of(files, labels), fractions, seed)
+    return DataSource("folder", str(root), class_names, splits)
+
+
+def _split_by_patient(everything, fractions, seed):
+    """Train/validate/test splits of `everything` with whole patients in each, shuffled (seeded)."""
     patients = sorted(set(everything.patients))
     np.random.default_rng(seed).shuffle(patients)
     n_train = max(1, int(round(fractions[0] * len(patients))))
@@ -199,12 +223,29 @@ def load_folder(root, fractions=(0.8, 0.1, 0.1), seed=0):
         n_train = min(n_train, len(patients) - n_validate - 1)
     groups = {"train": set(patients[:n_train]), "validate": set(patients[n_train:n_train + n_validate]),
               "test": set(patients[n_train + n_validate:])}
-    splits = {name: _select(everything, lambda p, g=group: p in g) for name, group in groups.items()}
-    return DataSource("folder", str(root), class_names, splits)
+    return {name: _select(everything, lambda p, g=group: p in g) for name, group in groups.items()}
 
 
-def load_source(data=None, dataset="auto", seed=0, validation_fraction=0.1, cache_dir=None):
-    """Find the images of `data` (the embedded demo when None) and split them by patient."""
+def load_volumes(root, fractions=(0.8, 0.1, 0.1), seed=0, axis="axial", slices="all"):
+    """Brain volumes below `root`, split by subject (from the file names: `volumes.subject_id`), so that all
+    sessions and scans of one subject stay in one split. Folders directly below `root` are classes when there
+    are several and they are not BIDS subject folders (sub-*)."""
+    root = Path(root)
+    files = volume_files(root)
+    if not files:
+        raise DataError(f"{root}: found no volumes (.nii, .nii.gz, .hdr/.img)")
+    tops = [Path(f).relative_to(root).parts for f in files]
+    tops = [parts[0] if len(parts) > 1 and not parts[0].startswith("sub-") else None for parts in tops]
+    class_names = sorted(set(tops)) if None not in tops and len(set(tops)) > 1 else []
+    labels = [class_names.index(top) if class_names else -1 for top in tops]
+    everything = Split(list(files), [volumes.subject_id(f) for f in files], labels, axis, slices)
+    return DataSource("volumes", str(root), class_names, _split_by_patient(everything, fractions, seed))
+
+
+def load_source(data=None, dataset="auto", seed=0, validation_fraction=0.1, cache_dir=None, axis="axial",
+                slices="all"):
+    """Find the images of `data` (the embedded demo when None) and split them by patient; volumes are sliced
+    along `axis`, keeping the brain slices that `slices` selects (`volumes.parse_slices`)."""
     if dataset == "demo" or (data is None and dataset == "auto"):
         source = load_oasis(build_demo(cache_dir=cache_dir, seed=seed))
         source.kind = "demo"
@@ -212,12 +253,14 @@ def load_source(data=None, dataset="auto", seed=0, validation_fraction=0.1, cach
     if data is None:
         raise DataError(f"the {dataset} layout needs a data folder")
     layout = detect_layout(data) if dataset == "auto" else dataset
-    if layout not in ("oasis", "adni", "folder"):
-        raise DataError(f"dataset {dataset!r}: expected one of auto, oasis, adni, folder, demo")
+    if layout not in ("oasis", "adni", "folder", "volumes"):
+        raise DataError(f"dataset {dataset!r}: expected one of auto, oasis, adni, folder, volumes, demo")
     if layout == "oasis":
         source = load_oasis(data)
     elif layout == "adni":
         source = load_adni(data, validation_fraction, seed)
+    elif layout == "volumes":
+        source = load_volumes(data, seed=seed, axis=axis, slices=slices)
     else:
         source = load_folder(data, seed=seed)
     _check_splits(source)
@@ -252,12 +295,16 @@ def _decode_with_side(path, image_size):
     """(decode_image of `path`, the longer side of the file's image in pixels)."""
     raw = tf.io.read_file(path)
     image = tf.io.decode_image(raw, channels=1, expand_animations=False, dtype=tf.uint16)
-    image = tf.image.convert_image_dtype(image, tf.float32)
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    return _square_and_resize(tf.image.convert_image_dtype(image, tf.float32), image_size)
+
+
+def _square_and_resize(images, image_size):
+    """(images [..., H, W, 1] in [0, 1] padded with zeros to squares and area-resized to image_size, side)."""
+    height, width = tf.shape(images)[-3], tf.shape(images)[-2]
     side = tf.maximum(height, width)
-    image = tf.image.pad_to_bounding_box(image, (side - height) // 2, (side - width) // 2, side, side)
-    image = tf.image.resize(image, (image_size, image_size), method="area")
-    return tf.clip_by_value(image, 0.0, 1.0), side
+    images = tf.image.pad_to_bounding_box(images, (side - height) // 2, (side - width) // 2, side, side)
+    images = tf.image.resize(images, (image_size, image_size), method="area")
+    return tf.clip_by_value(images, 0.0, 1.0), side
 
 
 def decoded_split(split, image_size, skip_bad=False):
@@ -265,6 +312,9 @@ def decoded_split(split, image_size, skip_bad=False):
 
     Files that fail to decode raise UnreadableImages naming them, or are dropped and counted with `skip_bad`.
     """
+    if split.axis:
+        return _decoded_volumes(split, image_size, skip_bad)
+
     def decode(path, label):
         # Cached as uint8 (a quarter of the memory of float32): the sources are 8-bit images.
         image, side = _decode_with_side(path, image_size)
@@ -287,6 +337,44 @@ def decoded_split(split, image_size, skip_bad=False):
     return Decoded(images, len(bad), sum(side < image_size for side in sides.values()))
 
 
+def _decoded_volumes(split, image_size, skip_bad):
+    """`decoded_split` for volumes: each read (in parallel threads), its brain slices along the split's axis
+    resized like images, all cached in memory as 8-bit."""
+    def slices_of(path):
+        try:
+            volume, note = volumes.read_volume(path)
+        except volumes.VolumeError as error:
+            return error, None
+        kept = volumes.select_slices(volumes.brain_slices(volume, split.axis), split.slices)
+        if not kept:
+            return volumes.VolumeError(f"{path}: no slice with brain along the {split.axis} axis"), None
+        stack = np.stack([volumes.slice_image(volume, split.axis, index) for index in kept])[..., None]
+        images, side = _square_and_resize(tf.constant(stack), image_size)
+        return note, (tf.image.convert_image_dtype(images, tf.uint8, saturate=True).numpy(), int(side))
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(slices_of, split.files))
+    images, labels, sides, bad = [], [], [], []
+    for path, label, (message, decoded) in zip(split.files, split.labels, results):
+        if decoded is None:
+            bad.append(message)
+            continue
+        if message:
+            print(message)
+        images.append(decoded[0])
+        labels += [label] * len(decoded[0])
+        sides.append(decoded[1])
+    if bad and not skip_bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise UnreadableImages(f"{bad[0]}{more}")
+    if not images:
+        raise UnreadableImages(f"{split.files[0]}: none of the {len(bad)} volumes could be read")
+    stacked = np.concatenate(images)
+    dataset = tf.data.Dataset.from_tensor_slices((stacked, np.asarray(labels, np.int32))).cache()
+    dataset = dataset.map(lambda image, label: (tf.image.convert_image_dtype(image, tf.float32), label))
+    return Decoded(dataset, len(bad), sum(side < image_size for side in sides))
+
+
 def fingerprint(source):
     """What a source's splits hold, to tell whether a resumed run sees the same data: its folder, and per
     split the number of files, their total bytes and a hash of their paths (relative to the folder), sizes
@@ -296,6 +384,8 @@ def fingerprint(source):
         digest, total = hashlib.sha256(), 0
         for file, label in zip(split.files, split.labels):
             size = os.path.getsize(file)
+            if file.lower().endswith(".hdr") and os.path.exists(file[:-4] + ".img"):
+                size += os.path.getsize(file[:-4] + ".img")  # an Analyze volume's voxels
             total += size
             digest.update(f"{os.path.relpath(file, source.root)}\0{size}\0{label}\n".encode("utf-8"))
         splits[name] = {"files": len(split), "bytes": total, "sha256": digest.hexdigest()}

@@ -40,9 +40,15 @@ def _setting(name, group, defines=(), argument=None, **options):
 
 
 SETTINGS = (
-    _setting("data", "data", BOTH, help="folder of OASIS, ADNI or plain image slices (default: the embedded demo)"),
-    _setting("dataset", "data", BOTH, default="auto", choices=["auto", "oasis", "adni", "folder", "demo"],
+    _setting("data", "data", BOTH, help="folder of OASIS, ADNI or plain image slices, or of NIfTI/Analyze volumes "
+             "(default: the embedded demo)"),
+    _setting("dataset", "data", BOTH, default="auto", choices=["auto", "oasis", "adni", "folder", "volumes", "demo"],
              help="layout of --data; auto detects it (default: %(default)s)"),
+    _setting("axis", "data", BOTH, default="axial", choices=["axial", "coronal", "sagittal"],
+             help="volumes: the axis to slice along, after turning each volume to RAS (default: %(default)s)"),
+    _setting("slices", "data", BOTH, default="all",
+             help="volumes: which brain slices to keep: all, central:F (the middle fraction F), every:K, or "
+             "central:F,every:K (default: %(default)s)"),
     _setting("image_size", "data", BOTH, type=int, default=128,
              help="side S of the square images (default: %(default)s)"),
     _setting("validation_fraction", "data", BOTH, type=float, default=0.1,

@@ -37,6 +37,7 @@ import tensorflow as tf
 
 import dataset
 import settings
+import volumes
 from checkpoints import CheckpointState, EpochCheckpoints, ResumeError
 from curves import training_curves_figure
 from export import export_savedmodel
@@ -75,6 +76,10 @@ def _check_args(parser, args):
         parser.error(f"--num-codes {args.num_codes}: expected at least 2")
     if args.dataset not in ("auto", "demo") and args.data is None:
         parser.error(f"--dataset {args.dataset} needs --data PATH")
+    try:
+        volumes.parse_slices(args.slices)
+    except ValueError as error:
+        parser.error(f"--slices {error}")
     if args.max_minutes is not None and args.max_minutes <= 0:
         parser.error(f"--max-minutes {args.max_minutes}: expected a positive number")
     if args.ssim_weight < 0:
@@ -304,7 +309,8 @@ def load_data(args):
     """The chosen source and its splits, decoded; exits with one line on bad input."""
     try:
         source = dataset.load_source(args.data, args.dataset, seed=args.seed,
-                                     validation_fraction=args.validation_fraction)
+                                     validation_fraction=args.validation_fraction, axis=args.axis,
+                                     slices=args.slices)
         decoded = {name: dataset.decoded_split(split, args.image_size, skip_bad=args.skip_bad)
                    for name, split in source.splits.items()}
     except dataset.UnreadableImages as error:
@@ -318,7 +324,8 @@ def load_data(args):
     if upscaled:
         print(f"Note: {upscaled} images are smaller than --image-size {args.image_size} and were upscaled to it.")
     print(f"Data: {source.kind} at {source.root}: " + ", ".join(
-        f"{name} {len(split) - decoded[name].skipped} images of {len(set(split.patients))} patients"
+        f"{name} {int(decoded[name].images.cardinality())} images of {len(set(split.patients))} patients"
+        + (f" ({len(split) - decoded[name].skipped} volumes, {split.axis} slices)" if split.axis else "")
         for name, split in source.splits.items()))
     images = {name: split.images for name, split in decoded.items()}
     return Data(source, images, dataset.fingerprint(source))

@@ -87,6 +87,34 @@ def brain_slices(volume, axis):
     return [int(index) for index in np.flatnonzero(fraction >= MIN_FOREGROUND)]
 
 
+def parse_slices(text):
+    """(central fraction, step) from --slices: "all", "central:F" (the middle F of the brain slices),
+    "every:K" (every K-th), or both joined by a comma. Raises ValueError with the reason."""
+    central, step = 1.0, 1
+    for part in filter(None, text.split(",")):
+        kind, _, value = part.partition(":")
+        try:
+            if kind == "central" and 0 < float(value) <= 1:
+                central = float(value)
+                continue
+            if kind == "every" and int(value) >= 1:
+                step = int(value)
+                continue
+        except ValueError:
+            pass
+        if part != "all":
+            raise ValueError(f"{part!r}: expected all, central:F with 0 < F <= 1, every:K with K >= 1, or "
+                             f"central:F,every:K")
+    return central, step
+
+
+def select_slices(indices, text):
+    """The brain slices that --slices keeps of `indices` (in order)."""
+    central, step = parse_slices(text)
+    drop = int(round(len(indices) * (1 - central) / 2))
+    return indices[drop:len(indices) - drop][::step]
+
+
 def slice_image(volume, axis, index):
     """Slice `index` of a RAS volume along `axis`, as float32 [rows, columns], oriented for display."""
     plane = np.take(volume, index, axis=AXES[axis])

@@ -122,3 +122,82 @@ def test_each_bad_volume_gives_an_error_naming_the_file(tmp_path):
         with pytest.raises(volumes.VolumeError, match=words) as error:
             volumes.read_volume(tmp_path / name)
         assert str(error.value).startswith(str(tmp_path / name)) and "\n" not in str(error.value)
+
+
+def head(rng, shape=(24, 28, 20)):
+    """A synthetic head in RAS: a bright ellipsoid with a darker core, Rician-like noise, empty top slices."""
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    radius = (x / 0.8) ** 2 + (y / 0.85) ** 2 + ((z + 0.2) / 0.7) ** 2
+    volume = np.where(radius < 1, 600.0, 0.0) - np.where(radius < 0.2, 300.0, 0.0)
+    return (volume + np.abs(rng.normal(0, 15, shape))).astype(np.float32)
+
+
+def write_cohort(root, subjects=4):
+    """AD/ and NC/ folders of BIDS-named subjects with two sessions each, in NIfTI, gzipped NIfTI and
+    Analyze, stored in an oblique-free non-RAS orientation."""
+    rng = np.random.default_rng(0)
+    transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                                nib.orientations.axcodes2ornt("LPS"))
+    for label in ("AD", "NC"):
+        for subject in range(subjects):
+            for session, suffix in (("1", ".nii.gz"), ("2", ".nii")):
+                folder = root / label / f"sub-{label}{subject:02d}" / f"ses-{session}" / "anat"
+                folder.mkdir(parents=True)
+                image = nib.Nifti1Image(head(rng), np.eye(4)).as_reoriented(transform)
+                if subject == 0 and session == "2":
+                    nib.save(nib.AnalyzeImage(np.asarray(image.dataobj), None),
+                             folder / f"sub-{label}{subject:02d}_ses-{session}_T1w.hdr")
+                else:
+                    nib.save(image, folder / f"sub-{label}{subject:02d}_ses-{session}_T1w{suffix}")
+    return root
+
+
+def test_a_folder_of_volumes_is_a_source_split_by_subject_with_labels_from_folders(tmp_path):
+    import dataset
+
+    root = write_cohort(tmp_path / "cohort")
+    source = dataset.load_source(str(root), seed=3)
+    assert source.kind == "volumes" and source.class_names == ["AD", "NC"]
+    assert sum(len(split) for split in source.splits.values()) == 16
+    for split in source.splits.values():
+        assert all(path.split("/")[-1].startswith(subject + "_") for path, subject in zip(split.files, split.patients))
+        assert all(("/AD/" in path) == (label == 0) for path, label in zip(split.files, split.labels))
+    subjects = [set(split.patients) for split in source.splits.values()]
+    assert not (subjects[0] & subjects[1] or subjects[0] & subjects[2] or subjects[1] & subjects[2])
+    test = source.splits["test"]
+    decoded = dataset.decoded_split(test, 32)
+    images = np.stack([image for image, _ in decoded.images.as_numpy_iterator()])
+    expected = sum(len(volumes.brain_slices(volumes.read_volume(path)[0], "axial")) for path in test.files)
+    assert images.shape == (expected, 32, 32, 1) and 0 <= images.min() and images.max() <= 1
+    every_other = dataset.load_source(str(root), seed=3, axis="coronal", slices="central:0.5,every:2")
+    decoded = dataset.decoded_split(every_other.splits["test"], 32)
+    counts = [len(volumes.select_slices(volumes.brain_slices(volumes.read_volume(path)[0], "coronal"),
+                                        "central:0.5,every:2")) for path in test.files]
+    assert sum(1 for _ in decoded.images) == sum(counts) < expected
+
+
+def test_slice_selection_keeps_the_central_fraction_and_every_kth():
+    indices = list(range(10, 30))
+    assert volumes.select_slices(indices, "all") == indices
+    assert volumes.select_slices(indices, "central:0.5") == list(range(15, 25))
+    assert volumes.select_slices(indices, "every:3") == indices[::3]
+    assert volumes.select_slices(indices, "central:0.5,every:2") == list(range(15, 25, 2))
+    for bad in ("central:0", "every:0", "middle:2", "every:x"):
+        with pytest.raises(ValueError):
+            volumes.parse_slices(bad)
+
+
+def test_train_stops_with_one_line_on_a_damaged_volume_and_writes_nothing(tmp_path, capsys):
+    import train
+    from conftest import call_main
+
+    root = write_cohort(tmp_path / "cohort", subjects=3)
+    damaged = root / "NC" / "sub-NC01" / "ses-1" / "anat" / "sub-NC01_ses-1_T1w.nii.gz"
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    out = tmp_path / "out"
+    result = call_main(train.main, ["--data", str(root), "--out", str(out), "--logdir", str(tmp_path / "logs"),
+                                    "--image-size", "32"], capsys)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: --data {damaged}: not a readable NIfTI or Analyze volume")
+    assert not out.exists()
