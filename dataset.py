@@ -295,10 +295,10 @@ def _decode_with_side(path, image_size):
     """(decode_image of `path`, the longer side of the file's image in pixels)."""
     raw = tf.io.read_file(path)
     image = tf.io.decode_image(raw, channels=1, expand_animations=False, dtype=tf.uint16)
-    return _square_and_resize(tf.image.convert_image_dtype(image, tf.float32), image_size)
+    return square_and_resize(tf.image.convert_image_dtype(image, tf.float32), image_size)
 
 
-def _square_and_resize(images, image_size):
+def square_and_resize(images, image_size):
     """(images [..., H, W, 1] in [0, 1] padded with zeros to squares and area-resized to image_size, side)."""
     height, width = tf.shape(images)[-3], tf.shape(images)[-2]
     side = tf.maximum(height, width)
@@ -349,7 +349,7 @@ def _decoded_volumes(split, image_size, skip_bad):
         if not kept:
             return volumes.VolumeError(f"{path}: no slice with brain along the {split.axis} axis"), None
         stack = np.stack([volumes.slice_image(volume, split.axis, index) for index in kept])[..., None]
-        images, side = _square_and_resize(tf.constant(stack), image_size)
+        images, side = square_and_resize(tf.constant(stack), image_size)
         return note, (tf.image.convert_image_dtype(images, tf.uint8, saturate=True).numpy(), int(side))
 
     with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:

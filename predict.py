@@ -7,6 +7,7 @@
     python predict.py --n 16 --label AD                  # of one class, for a class-conditional (ADNI) model
     python predict.py --compress /data/ADNI/AD_NC/test --out coded    # one small .vqz file per image
     python predict.py --decompress coded --out decoded                # and back to PNGs
+    python predict.py --reconstruct-volume scan.nii.gz --out recon.nii.gz   # a whole volume, slice by slice
 
 Only the SavedModel written by train.py is loaded (and, for --curves, its TensorBoard logs).
 """
@@ -15,6 +16,7 @@ import runtime  # noqa: F401  (first: it sets TensorFlow's environment before Te
 
 import argparse
 import csv
+import gzip
 import json
 import math
 import shlex
@@ -23,15 +25,17 @@ import time
 from pathlib import Path
 
 import keras
+import nibabel as nib
 import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure
 
 import dataset
+import volumes
 from codec import SUFFIX, CodecError, PriorCodec, model_fingerprint
 from curves import training_curves_figure
 from export import load_export
-from metrics import evaluate_reconstructions, psnr_text, ssim
+from metrics import evaluate_reconstructions, psnr, psnr_text, ssim
 from utils import (check_output_folder, check_writable, fail, mark_as_ours, nearest_existing, write_bytes,
                    write_json)
 
@@ -56,6 +60,10 @@ def parse_args(argv=None):
     parser.add_argument("--decompress", nargs="+", metavar="FILE_OR_FOLDER",
                         help="write the PNG of each .vqz file (folders: every .vqz below them) that --compress "
                         "wrote with this --model")
+    parser.add_argument("--reconstruct-volume", metavar="VOLUME",
+                        help="encode and decode every slice of a NIfTI or Analyze volume along the model's axis and "
+                        "write the volume in the input's voxel grid to --out (a new .nii or .nii.gz file), with a "
+                        "figure of three orthogonal views beside it")
     parser.add_argument("--split", default="test", choices=dataset.SPLITS, help="split to evaluate (default: test)")
     parser.add_argument("--metrics-out", help="metrics JSON of --evaluate (default: OUT/evaluation_SPLIT.json)")
     parser.add_argument("--label", help="class to generate, e.g. AD or NC (conditional models only)")
@@ -258,6 +266,109 @@ def decompress_files(model, metadata, args, out):
     return written, time.perf_counter() - started
 
 
+def check_volume_outputs(args):
+    """(output volume path, figure path), or exit with one line if --out is not a new .nii/.nii.gz file."""
+    out = Path(args.out)
+    if not out.name.endswith((".nii", ".nii.gz")):
+        fail(f"--out {out}: expected a .nii or .nii.gz file name for --reconstruct-volume")
+    figure = out.with_name(out.name.rsplit(".nii", 1)[0] + "_views.png")
+    for path in (out, figure):
+        if path.exists():
+            fail(f"--out {out}: {path} is already there; choose a new name (nothing was changed)")
+    check_writable("--out", out.parent)
+    return out, figure
+
+
+def model_axis(path):
+    """The axis the export was trained on slices of (its config.json), axial if it does not say."""
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("axis") or "axial"
+    except (OSError, ValueError):
+        return "axial"
+
+
+def reconstruct_volume(model, metadata, args):
+    """Encode and decode every slice of --reconstruct-volume along the model's axis; write the volume in the
+    input's voxel grid, orientation and intensity range to --out, and the three-view figure. Returns
+    (output path, figure path, summary dict)."""
+    out, figure_path = check_volume_outputs(args)
+    path, axis, size = Path(args.reconstruct_volume), model_axis(args.model), metadata["image_size"]
+    try:
+        image, ras, note = volumes.read_ras(path)
+        low, high = volumes.intensity_range(path, ras)
+    except volumes.VolumeError as error:
+        fail(f"--reconstruct-volume {error}")
+    if note:
+        print(note)
+    normalised = volumes.normalise(path, ras)
+    batches = max(1, math.ceil(normalised.shape[volumes.AXES[axis]] / args.batch_size))
+    grids = []
+
+    def encode_and_decode(images):
+        codes = [model.encode(batch).numpy() for batch in np.array_split(images, batches)]
+        grids.extend(codes)
+        return np.concatenate([model.decode(batch).numpy() for batch in codes])
+
+    reconstructed, inputs = through_slices(normalised, axis, size, encode_and_decode)
+    codes = np.concatenate(grids)
+    brain = volumes.brain_slices(normalised, axis)
+    originals = np.stack([volumes.slice_image(normalised, axis, k) for k in brain])[..., None]
+    reconstructions = np.stack([volumes.slice_image(reconstructed, axis, k) for k in brain])[..., None]
+    summary = {"volume": str(path), "axis": axis, "slices": len(inputs), "brain_slices": len(brain),
+               "ssim": float(np.mean(ssim(originals, reconstructions).numpy())),
+               "psnr": float(np.mean(psnr(originals, reconstructions).numpy())),
+               "code_bits": int(codes.size * math.log2(metadata["num_codes"]))}
+    if metadata.get("has_prior"):
+        summary["prior_bits"] = float(ideal_bits(model, metadata, tf.constant(inputs)).sum())
+    ras_out = reconstructed * (high - low) + low
+    output = nib.Nifti1Image(volumes.to_stored_order(image, ras_out).astype(np.float32), image.affine)
+    data = output.to_bytes()
+    write_bytes(out, gzip.compress(data) if out.name.endswith(".gz") else data)
+    original = nib.Nifti1Image(volumes.to_stored_order(image, ras), image.affine)
+    views_figure(original, output, summary, figure_path)
+    return out, figure_path, summary
+
+
+def through_slices(volume, axis, size, transform):
+    """(`volume` [X, Y, Z] in [0, 1] after each of its slices along `axis` went through `transform`, the model's
+    inputs [N, size, size, 1]). Slices are squared and resized exactly as the training data was, and the
+    outputs resized back (bilinear) and cropped, so the result has the volume's shape."""
+    along = volumes.AXES[axis]
+    planes = np.stack([volumes.slice_image(volume, axis, k) for k in range(volume.shape[along])])
+    rows, columns = planes.shape[1:]
+    inputs, side = dataset.square_and_resize(tf.constant(planes[..., None]), size)
+    outputs = transform(inputs.numpy())
+    squares = tf.image.resize(outputs, (side, side), method="bilinear").numpy()[..., 0]
+    top, left = (int(side) - rows) // 2, (int(side) - columns) // 2
+    back = np.clip(squares[:, top:top + rows, left:left + columns], 0.0, 1.0)
+    return np.stack([volumes.plane_of(plane, axis) for plane in back], axis=along), inputs.numpy()
+
+
+def ideal_bits(model, metadata, images):
+    """-log2 p of each image's codes under the prior (under its cheapest class for a conditional prior)."""
+    if not metadata["class_names"]:
+        return -model.log_prob(images).numpy() / math.log(2)
+    costs = [-model.log_prob(images, tf.fill([len(images)], k)).numpy() for k in range(len(metadata["class_names"]))]
+    return np.min(costs, axis=0) / math.log(2)
+
+
+def views_figure(original, reconstruction, summary, path):
+    """Three orthogonal views (nilearn) of the input above the reconstruction, at the same cuts."""
+    from nilearn import plotting
+
+    figure = Figure(figsize=(10, 6.4))
+    top, bottom = figure.subplots(2, 1)
+    cuts = plotting.find_xyz_cut_coords(original)
+    plotting.plot_anat(original, cut_coords=cuts, axes=top, figure=figure, title="input", colorbar=False)
+    plotting.plot_anat(reconstruction, cut_coords=cuts, axes=bottom, figure=figure, colorbar=False,
+                       title=f"reconstruction: SSIM {summary['ssim']:.3f}, PSNR {summary['psnr']:.1f} dB "
+                             f"over {summary['brain_slices']} {summary['axis']} brain slices")
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=100)
+    write_bytes(path, tmp.read_bytes())
+    tmp.unlink()
+
+
 def filter_text(args):
     """The sampling controls in use, for a figure title: '', ', top-k 20', ', top-p 0.9', ..."""
     return (f", top-k {args.top_k}" if args.top_k else "") + (f", top-p {args.top_p:g}" if args.top_p < 1 else "")
@@ -392,6 +503,17 @@ def main(argv=None):
     """`python predict.py`: plot curves, reconstruct, evaluate or generate, as the flags say."""
     args = parse_args(argv)
     out = Path(args.out)
+    if args.reconstruct_volume:
+        check_volume_outputs(args)
+        model, metadata = open_model(args.model)
+        written, figure, summary = reconstruct_volume(model, metadata, args)
+        prior = f", prior {summary['prior_bits']:,.0f}" if "prior_bits" in summary else ""
+        print(f"{summary['volume']}: SSIM {summary['ssim']:.4f}, PSNR {summary['psnr']:.2f} dB over "
+              f"{summary['brain_slices']} {summary['axis']} brain slices of {summary['slices']}; code grids "
+              f"{summary['code_bits']:,} bits raw{prior}")
+        print(f"Volume: {written}")
+        print(f"Views:  {figure}")
+        return
     check_outputs(args)
     if args.curves:
         try:

@@ -50,12 +50,18 @@ def read_volume(path):
     Raises VolumeError for a file nibabel cannot read, an Analyze header without its image, a volume that is
     not 3D or 4D, and one without any intensity range.
     """
+    _, ras, note = read_ras(path)
+    return normalise(path, ras), note
+
+
+def read_ras(path):
+    """(the nibabel image as stored, its voxels float32 [X, Y, Z] in RAS, a note or None); see read_volume."""
     path = Path(path)
     if path.name.lower().endswith(".hdr") and not path.with_suffix(".img").exists():
         raise VolumeError(f"{path}: an Analyze header without its image file {path.with_suffix('.img').name}")
     try:
-        image = nib.as_closest_canonical(nib.load(str(path)))
-        data = np.asarray(image.dataobj, dtype=np.float32)
+        image = nib.load(str(path))
+        data = np.asarray(nib.as_closest_canonical(image).dataobj, dtype=np.float32)
     except Exception as error:  # nibabel raises many kinds for damaged files (gzip, struct, value errors)
         raise VolumeError(f"{path}: not a readable NIfTI or Analyze volume ({_first_line(error)})") from None
     note = None
@@ -64,18 +70,33 @@ def read_volume(path):
         data = data[..., 0]
     if data.ndim != 3 or min(data.shape) < 2:
         raise VolumeError(f"{path}: a volume of shape {data.shape}; expected 3 dimensions (or 4, a series)")
-    return normalise(path, data), note
+    return image, data, note
 
 
-def normalise(path, data):
-    """`data` mapped linearly so that its PERCENTILES of finite voxels go to 0 and 1, clipped to [0, 1]."""
+def to_stored_order(image, ras):
+    """A RAS voxel array [X, Y, Z] put back in the voxel order of `image` as it was stored (undoes the
+    reorientation of `read_ras`)."""
+    stored = nib.orientations.io_orientation(image.affine)
+    to_stored = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), stored)
+    return nib.orientations.apply_orientation(ras, to_stored)
+
+
+def intensity_range(path, data):
+    """The intensities that `normalise` maps to 0 and 1 (its PERCENTILES of the finite voxels)."""
     finite = np.isfinite(data)
     if not finite.any():
         raise VolumeError(f"{path}: no finite voxel")
     low, high = np.percentile(data[finite], PERCENTILES)
     if high <= low:
         raise VolumeError(f"{path}: its intensities do not vary (percentiles {PERCENTILES} both {low:g})")
-    scaled = np.where(finite, (data - low) / (high - low), 0.0)
+    return float(low), float(high)
+
+
+def normalise(path, data):
+    """`data` mapped linearly so that its PERCENTILES of finite voxels go to 0 and 1, clipped to [0, 1]; NaN
+    and infinite voxels become 0."""
+    low, high = intensity_range(path, data)
+    scaled = np.where(np.isfinite(data), (data - low) / (high - low), 0.0)
     return np.clip(scaled, 0.0, 1.0).astype(np.float32)
 
 
@@ -119,6 +140,11 @@ def slice_image(volume, axis, index):
     """Slice `index` of a RAS volume along `axis`, as float32 [rows, columns], oriented for display."""
     plane = np.take(volume, index, axis=AXES[axis])
     return np.ascontiguousarray(np.rot90(plane))  # the second remaining axis runs up the rows
+
+
+def plane_of(image, axis):
+    """`slice_image`'s display orientation undone: [rows, columns] back to the volume's plane."""
+    return np.rot90(image, k=-1)
 
 
 def _first_line(error):

@@ -201,3 +201,59 @@ def test_train_stops_with_one_line_on_a_damaged_volume_and_writes_nothing(tmp_pa
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: --data {damaged}: not a readable NIfTI or Analyze volume")
     assert not out.exists()
+
+
+def test_a_volume_is_reconstructed_into_its_own_voxel_grid(trained, tmp_path, capsys):
+    """The input's shape, affine and orientation, a summary line and a figure of three views."""
+    import predict
+    from conftest import call_main
+
+    transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                                nib.orientations.axcodes2ornt("PIR"))
+    source = nib.Nifti1Image(head(np.random.default_rng(0), (30, 34, 26)), np.diag([1.5, 1.5, 2.0, 1.0]))
+    source = source.as_reoriented(transform)
+    nib.save(source, tmp_path / "scan.nii.gz")
+    out = tmp_path / "recon.nii.gz"
+    result = call_main(predict.main, ["--model", str(trained[0]), "--reconstruct-volume", str(tmp_path / "scan.nii.gz"),
+                                      "--out", str(out)], capsys)
+    assert result.returncode == 0, result.stderr
+    assert "SSIM" in result.stdout and "bits raw" in result.stdout and str(out) in result.stdout
+    written = nib.load(out)
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine)
+    assert nib.aff2axcodes(written.affine) == ("P", "I", "R")
+    assert np.isfinite(np.asarray(written.dataobj)).all()
+    assert (tmp_path / "recon_views.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("axis", sorted(volumes.AXES))
+def test_every_voxel_goes_back_where_it_came_from(axis):
+    """Slicing, squaring, resizing and back, with an identity in place of the model, gives the volume again:
+    exactly where the model's size is the squared slice's side, nearly where it is resized."""
+    import predict
+
+    volume = np.random.default_rng(1).random((12, 16, 10)).astype(np.float32)
+    side = max(s for k, s in enumerate(volume.shape) if k != volumes.AXES[axis])
+    same, inputs = predict.through_slices(volume, axis, side, lambda images: images)
+    np.testing.assert_allclose(same, volume, atol=1e-6)
+    assert inputs.shape == (volume.shape[volumes.AXES[axis]], side, side, 1)
+    smooth = np.fromfunction(lambda x, y, z: (np.sin(x / 4) + np.cos(y / 5) + z / 10 + 2) / 5, (12, 16, 10))
+    resized, _ = predict.through_slices(smooth.astype(np.float32), axis, 64, lambda images: images)
+    assert np.abs(resized - smooth).mean() < 0.02
+
+
+def test_reconstruct_volume_refuses_a_bad_volume_and_an_existing_output(trained, tmp_path, capsys):
+    import predict
+    from conftest import call_main
+
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b" + bytes(100))
+    out = tmp_path / "recon.nii.gz"
+    result = call_main(predict.main, ["--model", str(trained[0]), "--reconstruct-volume",
+                                      str(tmp_path / "broken.nii.gz"), "--out", str(out)], capsys)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1
+    assert lines[0].startswith(f"error: --reconstruct-volume {tmp_path / 'broken.nii.gz'}: not a readable")
+    assert not out.exists() and not (tmp_path / "recon_views.png").exists()
+    out.write_bytes(b"mine")
+    result = call_main(predict.main, ["--model", str(trained[0]), "--reconstruct-volume",
+                                      str(tmp_path / "broken.nii.gz"), "--out", str(out)], capsys)
+    assert result.returncode == 2 and "already there" in result.stderr and out.read_bytes() == b"mine"
