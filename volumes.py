@@ -138,7 +138,7 @@ def select_slices(indices, text):
 
 def slice_image(volume, axis, index):
     """Slice `index` of a RAS volume along `axis`, as float32 [rows, columns], oriented for display."""
-    plane = np.take(volume, index, axis=AXES[axis])
+    plane = np.moveaxis(volume, AXES[axis], 0)[index]  # a view: np.take copies slowly from Fortran order
     return np.ascontiguousarray(np.rot90(plane))  # the second remaining axis runs up the rows
 
 
