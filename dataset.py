@@ -451,13 +451,9 @@ DEMO_SUBJECTS = (12, 2, 2)  # train, validate, test
 def load_demo(cache_dir=None, seed=0, subjects=DEMO_SUBJECTS, slice_step=2, size=256):
     """The demo cohort (built once, then cached) as a `volumes` source with `subjects` in its three splits."""
     root = build_demo(cache_dir, seed, sum(subjects), slice_step, size)
-    files = volume_files(root)
-    everything = Split(files, [volumes.subject_id(f) for f in files], [-1] * len(files), "axial", "all")
-    # Subjects in the generator's order (sub-001, sub-002, ...): the first subjects[0] train, and so on.
-    order, ends = sorted(set(everything.patients)), np.cumsum(subjects)
-    groups = {name: set(order[end - count:end]) for name, count, end in zip(SPLITS, subjects, ends)}
-    return DataSource("demo", root, [], {name: _select(everything, lambda p, g=group: p in g)
-                                          for name, group in groups.items()})
+    source = load_volumes(root, fractions=[count / sum(subjects) for count in subjects], seed=seed)
+    source.kind = "demo"
+    return source
 
 
 def build_demo(cache_dir=None, seed=0, subjects=sum(DEMO_SUBJECTS), slice_step=2, size=256):
