@@ -1,16 +1,13 @@
 """Brain MRI slices: find the files and their splits, and feed them to Keras through tf.data.
 
-Five sources, each split by patient so that no patient is in two splits:
+Four sources, each split by patient so that no patient is in two splits:
 - `oasis`: the preprocessed OASIS slices, `keras_png_slices_{train,validate,test}/case_001_slice_0.nii.png`.
   The `keras_png_slices_seg_*` folders hold segmentation masks, not images, and are never read.
 - `adni`: `AD_NC/{train,test}/{AD,NC}/<patient>_<slice>.jpeg`, labelled AD or NC. ADNI has no validation split,
   so one is carved from train by patient, stratified by class.
 - `folder`: any folder of images (in class subfolders or not), split by the patient id in the file name.
-- `volumes`: NIfTI or Analyze volumes below a folder (class subfolders or not), split by the subject in the
-  file name, sliced along one axis (`volumes`).
 - `demo`: the embedded default, a small virtual cohort made from the MNI ICBM152 T1 template that ships inside
-  nilearn (see `build_demo`). It needs no download, is cached as NIfTI volumes after the first build, and is
-  read by the `volumes` source, as users' scans are.
+  nilearn (see `build_demo`). It needs no download and is cached as OASIS-layout PNGs after the first build.
 
 Every image becomes grayscale float32 in [0, 1], padded with background to a square, then resized.
 """
@@ -24,7 +21,6 @@ import os
 import re
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import tensorflow as tf
 
@@ -251,7 +247,9 @@ def load_source(data=None, dataset="auto", seed=0, validation_fraction=0.1, cach
     """Find the images of `data` (the embedded demo when None) and split them by patient; volumes are sliced
     along `axis`, keeping the brain slices that `slices` selects (`volumes.parse_slices`)."""
     if dataset == "demo" or (data is None and dataset == "auto"):
-        return load_demo(cache_dir=cache_dir, seed=seed)
+        source = load_oasis(build_demo(cache_dir=cache_dir, seed=seed))
+        source.kind = "demo"
+        return source
     if data is None:
         raise DataError(f"the {dataset} layout needs a data folder")
     layout = detect_layout(data) if dataset == "auto" else dataset
@@ -445,39 +443,30 @@ def default_cache_dir():
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "brain_vqvae"
 
 
-DEMO_SUBJECTS = (12, 2, 2)  # train, validate, test
-
-
-def load_demo(cache_dir=None, seed=0, subjects=DEMO_SUBJECTS, slice_step=2, size=256):
-    """The demo cohort (built once, then cached) as a `volumes` source with `subjects` in its three splits."""
-    root = build_demo(cache_dir, seed, sum(subjects), slice_step, size)
-    source = load_volumes(root, fractions=[count / sum(subjects) for count in subjects], seed=seed)
-    source.kind = "demo"
-    return source
-
-
-def build_demo(cache_dir=None, seed=0, subjects=sum(DEMO_SUBJECTS), slice_step=2, size=256):
-    """Build (or reuse) the demo cohort and return its folder: one NIfTI volume per virtual subject.
+def build_demo(cache_dir=None, seed=0, subjects=(12, 2, 2), slice_step=2, size=256):
+    """Build (or reuse) the demo cohort and return its folder, in the OASIS layout.
 
     The MNI ICBM152 T1 template bundled with nilearn is resliced axially; each virtual subject gets its own
     random affine (rotation, scale, shear, shift), a smooth elastic deformation, a head-position offset along
-    z, and intensity changes (gamma, a smooth bias field, Rician noise). Its axial slices are stacked into a
-    volume in RAS (voxels of 0.8 x 233 / `size` mm in-plane, `slice_step` mm apart). The result is
-    deterministic for a seed.
+    z, and intensity changes (gamma, a smooth bias field, Rician noise). Subjects, not slices, are assigned to
+    train/validate/test in the counts `subjects`. The result is deterministic for a seed.
     """
-    name = f"demo_v3_seed{seed}_{subjects}_{slice_step}_{size}"
+    name = f"demo_v2_seed{seed}_{'-'.join(map(str, subjects))}_{slice_step}_{size}"
     root = Path(cache_dir or default_cache_dir()) / name
     if (root / "complete").exists():
         return str(root)
     volume = _mni_template()
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    spacing = 0.8 * max(volume.shape[:2]) / size
-    for subject in range(1, subjects + 1):
-        slices = [volumes.plane_of(image, "axial") for image in _virtual_subject(volume, rng, slice_step, size)]
-        image = nib.Nifti1Image(np.stack(slices, axis=2), np.diag([spacing, spacing, slice_step, 1.0]))
-        nib.save(image, tmp / f"sub-{subject:03d}_T1w.nii.gz")
+    subject = 0
+    for split, count in zip(SPLITS, subjects):
+        folder = tmp / OASIS_FOLDERS[split]
+        folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(count):
+            subject += 1
+            for index, image in enumerate(_virtual_subject(volume, rng, slice_step, size)):
+                tf.io.write_file(str(folder / f"case_{subject:03d}_slice_{index}.nii.png"),
+                                 tf.io.encode_png(image[..., None]))
     (tmp / "complete").write_text("ok\n")
     if root.exists():
         return str(root)  # another process finished first
