@@ -1,11 +1,13 @@
 """Brain MRI slices: find the files and their splits, and feed them to Keras through tf.data.
 
-Four sources, each split by patient so that no patient is in two splits:
+Five sources, each split by patient so that no patient is in two splits:
 - `oasis`: the preprocessed OASIS slices, `keras_png_slices_{train,validate,test}/case_001_slice_0.nii.png`.
   The `keras_png_slices_seg_*` folders hold segmentation masks, not images, and are never read.
 - `adni`: `AD_NC/{train,test}/{AD,NC}/<patient>_<slice>.jpeg`, labelled AD or NC. ADNI has no validation split,
   so one is carved from train by patient, stratified by class.
 - `folder`: any folder of images (in class subfolders or not), split by the patient id in the file name.
+- `volumes`: NIfTI or Analyze volumes below a folder (class subfolders or not), split by the subject in the
+  file name, sliced along one axis (`volumes`).
 - `demo`: the embedded default, a small virtual cohort made from the MNI ICBM152 T1 template that ships inside
   nilearn (see `build_demo`). It needs no download and is cached as OASIS-layout PNGs after the first build.
 
