@@ -49,6 +49,17 @@ def probabilities(logits):
     return np.exp(logits - logits.max(axis=-1, keepdims=True))
 
 
+def prior_bits(model, metadata, images):
+    """(-log2 p of each image's codes under the export's prior, [N]; for a conditional prior the class each is
+    cheapest under, [N], else None). What an ideal entropy coder would spend, and the label the codec stores."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    if not metadata["class_names"]:  # train.py names classes only for a conditional prior
+        return -model.log_prob(images).numpy() / np.log(2), None
+    costs = np.stack([-model.log_prob(images, tf.fill([len(images)], k)).numpy()
+                      for k in range(len(metadata["class_names"]))]) / np.log(2)
+    return costs.min(axis=0), costs.argmin(axis=0).astype(np.int32)
+
+
 class PriorCodec:
     """Compress images into files and back with one export of train.py (which must have a prior)."""
 
@@ -60,7 +71,8 @@ class PriorCodec:
         self.side = metadata["image_size"]
         self.grid = metadata["grid"]
         self.num_codes = metadata["num_codes"]
-        self.class_names = metadata["class_names"] if metadata.get("class_counts") else []
+        self.class_names = metadata["class_names"]
+        self.metadata = metadata
         self.fingerprint = fingerprint
         self._decoder = None
         self._teacher_forced = tf.function(self._teacher_forced_logits)
@@ -101,20 +113,12 @@ class PriorCodec:
 
     # Files.
 
-    def best_labels(self, images):
-        """For a conditional prior, the class under which each image's codes cost the fewest bits (the file
-        stores it); otherwise None."""
-        if not self.class_names:
-            return None
-        n = len(images)
-        scores = [self.model.log_prob(images, tf.fill([n], k)).numpy() for k in range(len(self.class_names))]
-        return np.argmax(np.stack(scores), axis=0).astype(np.int32)
-
     def compress(self, images, labels=None):
-        """Files (bytes) for images float32 [N, S, S, 1]; `labels` as from `best_labels` (conditional only)."""
+        """Files (bytes) for images float32 [N, S, S, 1]; `labels` as from `prior_bits` (conditional only)."""
         images = tf.convert_to_tensor(images, tf.float32)
         all_codes = self.model.encode(images).numpy().reshape(len(images), -1)
-        labels = self.best_labels(images) if self.class_names and labels is None else labels
+        if self.class_names and labels is None:
+            labels = prior_bits(self.model, self.metadata, images)[1]
         files = []
         for index, codes in enumerate(all_codes):
             label = int(labels[index]) if self.class_names else 0
@@ -161,10 +165,3 @@ class PriorCodec:
             raise CodecError("the decoded codes fail the checksum: the file is damaged, or this platform's "
                              "arithmetic differs from the encoder's")
         return codes.reshape(self.grid, self.grid), label
-
-    def ideal_bits(self, images, labels=None):
-        """-log2 p of each image's codes under the prior (what an ideal entropy coder would spend), [N]."""
-        images = tf.convert_to_tensor(images, tf.float32)
-        if not self.class_names:
-            return -self.model.log_prob(images).numpy() / np.log(2)
-        return -self.model.log_prob(images, tf.constant(labels, tf.int32)).numpy() / np.log(2)

@@ -32,12 +32,12 @@ from matplotlib.figure import Figure
 
 import dataset
 import volumes
-from codec import SUFFIX, CodecError, PriorCodec, model_fingerprint
+from codec import SUFFIX, CodecError, PriorCodec, model_fingerprint, prior_bits
 from curves import training_curves_figure
 from export import load_export
 from metrics import evaluate_reconstructions, psnr, psnr_text, ssim
-from utils import (check_output_folder, check_writable, fail, mark_as_ours, nearest_existing, write_bytes,
-                   write_json)
+from utils import (check_output_folder, check_writable, fail, mark_as_ours, nearest_existing, save_figure,
+                   write_bytes, write_json)
 
 MAX_SAMPLES = 1_000_000  # --n beyond this is refused as a typo rather than a plan
 GRID_SIZE = 64  # the grid shows at most this many of the generated images
@@ -223,8 +223,8 @@ def compress_files(model, metadata, args, out):
     for start in range(0, len(inputs), args.batch_size):
         batch = inputs[start:start + args.batch_size]
         images = np.stack([read_image("--compress", path, metadata["image_size"]) for path, _ in batch])
-        labels = codec.best_labels(images)
-        ideal += float(codec.ideal_bits(images, labels).sum())
+        bits, labels = prior_bits(model, metadata, images)
+        ideal += float(bits.sum())
         for (_, name), data in zip(batch, codec.compress(images, labels)):
             mark_as_ours(out, "predictions")
             path = out / name.with_suffix(SUFFIX)
@@ -240,8 +240,8 @@ def read_image(flag, path, image_size):
     """`dataset.decode_image` of one file, or exit with one line naming it."""
     try:
         return dataset.decode_image(str(path), image_size).numpy()
-    except (tf.errors.OpError, ValueError) as error:
-        fail(f"{flag} {path}: not a readable image ({str(error).strip().splitlines()[0][:120]})")
+    except (tf.errors.OpError, ValueError):
+        fail(f"{flag} {path}: not a readable PNG/JPEG/BMP/GIF image")
 
 
 def decompress_files(model, metadata, args, out):
@@ -300,7 +300,7 @@ def reconstruct_volume(model, metadata, args):
         fail(f"--reconstruct-volume {error}")
     if note:
         print(note)
-    normalised = volumes.normalise(path, ras)
+    normalised = volumes.normalise(ras, low, high)
     batches = max(1, math.ceil(normalised.shape[volumes.AXES[axis]] / args.batch_size))
     grids = []
 
@@ -319,7 +319,7 @@ def reconstruct_volume(model, metadata, args):
                "psnr": float(np.mean(psnr(originals, reconstructions).numpy())),
                "code_bits": int(codes.size * math.log2(metadata["num_codes"]))}
     if metadata.get("has_prior"):
-        summary["prior_bits"] = float(ideal_bits(model, metadata, tf.constant(inputs)).sum())
+        summary["prior_bits"] = float(prior_bits(model, metadata, inputs)[0].sum())
     ras_out = reconstructed * (high - low) + low
     output = nib.Nifti1Image(volumes.to_stored_order(image, ras_out).astype(np.float32), image.affine)
     data = output.to_bytes()
@@ -344,14 +344,6 @@ def through_slices(volume, axis, size, transform):
     return np.stack([volumes.plane_of(plane, axis) for plane in back], axis=along), inputs.numpy()
 
 
-def ideal_bits(model, metadata, images):
-    """-log2 p of each image's codes under the prior (under its cheapest class for a conditional prior)."""
-    if not metadata["class_names"]:
-        return -model.log_prob(images).numpy() / math.log(2)
-    costs = [-model.log_prob(images, tf.fill([len(images)], k)).numpy() for k in range(len(metadata["class_names"]))]
-    return np.min(costs, axis=0) / math.log(2)
-
-
 def views_figure(original, reconstruction, summary, path):
     """Three orthogonal views (nilearn) of the input above the reconstruction, at the same cuts."""
     from nilearn import plotting
@@ -363,10 +355,7 @@ def views_figure(original, reconstruction, summary, path):
     plotting.plot_anat(reconstruction, cut_coords=cuts, axes=bottom, figure=figure, colorbar=False,
                        title=f"reconstruction: SSIM {summary['ssim']:.3f}, PSNR {summary['psnr']:.1f} dB "
                              f"over {summary['brain_slices']} {summary['axis']} brain slices")
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=100)
-    write_bytes(path, tmp.read_bytes())
-    tmp.unlink()
+    save_figure(figure, path, dpi=100)
 
 
 def filter_text(args):

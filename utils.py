@@ -4,6 +4,7 @@ files and folders written atomically, so that no reader ever sees half of one.""
 import contextlib
 import fcntl
 import fnmatch
+import io
 import json
 import math
 import os
@@ -31,6 +32,13 @@ def write_bytes(path, data):
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def save_figure(figure, path, **options):
+    """Write a matplotlib figure as a PNG at `path` atomically (`options` go to savefig)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", **options)
+    write_bytes(path, buffer.getvalue())
 
 
 def _finite(data):

@@ -51,7 +51,7 @@ def read_volume(path):
     not 3D or 4D, and one without any intensity range.
     """
     _, ras, note = read_ras(path)
-    return normalise(path, ras), note
+    return normalise(ras, *intensity_range(path, ras)), note
 
 
 def read_ras(path):
@@ -92,10 +92,9 @@ def intensity_range(path, data):
     return float(low), float(high)
 
 
-def normalise(path, data):
-    """`data` mapped linearly so that its PERCENTILES of finite voxels go to 0 and 1, clipped to [0, 1]; NaN
-    and infinite voxels become 0."""
-    low, high = intensity_range(path, data)
+def normalise(data, low, high):
+    """`data` mapped linearly so that `low` and `high` (from `intensity_range`) go to 0 and 1, clipped to
+    [0, 1]; NaN and infinite voxels become 0."""
     scaled = np.where(np.isfinite(data), (data - low) / (high - low), 0.0)
     return np.clip(scaled, 0.0, 1.0).astype(np.float32)
 

@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import imagecodecs
 import numpy as np
@@ -27,10 +26,10 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 import dataset
-from codec import PriorCodec, model_fingerprint
+from codec import PriorCodec, model_fingerprint, prior_bits
 from export import load_export
 from metrics import psnr, ssim
-from utils import check_figure_path, write_bytes
+from utils import check_figure_path, save_figure
 
 # Each codec: (encode at a quality level, decode to [H, W] uint8, the quality levels tried).
 CODECS = {
@@ -63,7 +62,7 @@ def vqvae_point(path, images):
     """The export's codec on `images`: one JSON-ready dict."""
     model, metadata = load_export(path)
     codec = PriorCodec(model, metadata, model_fingerprint(path))
-    labels = codec.best_labels(images)
+    ideal_bits, labels = prior_bits(model, metadata, images)
     started = time.perf_counter()
     files = codec.compress(images, labels)
     compress_seconds = time.perf_counter() - started
@@ -74,7 +73,6 @@ def vqvae_point(path, images):
     exact = sum(np.array_equal(codes, reference) for codes, reference in zip(decoded, expected))
     reconstructions = model.decode(tf.constant(np.stack(decoded), tf.int32)).numpy()
     sizes = np.array([len(data) for data in files])
-    ideal_bits = codec.ideal_bits(images, labels)
     payload_bits = 8 * (sizes - 14)
     return {"codec": "VQ-VAE", "model": str(path), "grid": metadata["grid"], "num_codes": metadata["num_codes"],
             "bytes_mean": float(sizes.mean()), "bpp": float(8 * sizes.mean() / images[0].size),
@@ -139,10 +137,7 @@ def plot(points, path):
         axis.grid(alpha=0.3)
     figure.axes[0].legend(fontsize=8)
     figure.suptitle("Rate–distortion on held-out test slices (128x128)", fontsize=10)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    figure.savefig(tmp, dpi=100, bbox_inches="tight")
-    write_bytes(path, tmp.read_bytes())
-    tmp.unlink()
+    save_figure(figure, path, dpi=100, bbox_inches="tight")
 
 
 def main():

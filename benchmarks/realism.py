@@ -19,10 +19,8 @@ distance between head-intensity histograms. Class-conditional models also get th
 import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 import argparse
-import io
 import json
 import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -33,7 +31,7 @@ from matplotlib.figure import Figure
 import dataset
 from export import load_export
 from metrics import ssim
-from utils import check_figure_path, fail, write_bytes
+from utils import check_figure_path, fail, save_figure
 
 FOREGROUND = 0.1  # intensity above which a pixel counts as head, not background
 
@@ -169,9 +167,7 @@ def side_by_side(real, generated, title, path, per_side=16):
                 axis.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
         panel.suptitle(name, fontsize=11, y=0.94)
     figure.suptitle(title, fontsize=10, y=0.995)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=72)
-    write_bytes(path, buffer.getvalue())
+    save_figure(figure, path, dpi=72)
 
 
 def training_slices(source, image_size, limit):

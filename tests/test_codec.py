@@ -9,7 +9,7 @@ from PIL import Image
 
 import dataset
 import predict
-from codec import HEADER, CodecError, PriorCodec, model_fingerprint, probabilities
+from codec import HEADER, CodecError, PriorCodec, model_fingerprint, prior_bits, probabilities
 from conftest import call_main
 from export import load_export
 
@@ -28,8 +28,7 @@ def coded(trained):
 def test_round_trip_is_exact_and_files_cost_what_the_prior_says(coded):
     codec, model, images, files, _ = coded
     expected = model.encode(tf.constant(images)).numpy()
-    labels = codec.best_labels(images)
-    ideal = codec.ideal_bits(images, labels)
+    ideal, labels = prior_bits(model, codec.metadata, images)
     for data, codes, bits, label in zip(files, expected, ideal, labels):
         decoded, decoded_label = codec.decompress(data)
         np.testing.assert_array_equal(decoded, codes)
@@ -43,7 +42,7 @@ def test_round_trip_is_exact_and_files_cost_what_the_prior_says(coded):
 def test_the_stored_label_is_the_class_whose_prior_costs_least(coded):
     codec, model, images, _, _ = coded
     costs = [-model.log_prob(tf.constant(images), tf.fill([len(images)], k)).numpy() for k in (0, 1)]
-    np.testing.assert_array_equal(codec.best_labels(images), np.argmin(np.stack(costs), axis=0))
+    np.testing.assert_array_equal(prior_bits(model, codec.metadata, images)[1], np.argmin(np.stack(costs), axis=0))
 
 
 def test_compress_and_decompress_from_the_command_line(coded, trained, tmp_path, capsys):

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from skimage import exposure
 
+import dataset
+import predict
+import train
 import volumes
+from conftest import call_main
 
 SHAPE = (6, 7, 8)  # RAS: x to the right, y to the front, z up
 MARKER = (1, 2, 5)
@@ -19,6 +23,10 @@ def ras_volume():
     volume = 20.0 + np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE) / 10
     volume[MARKER] = 1000.0
     return volume
+
+
+def normalised(data):
+    return volumes.normalise(data, *volumes.intensity_range("test", data))
 
 
 def stored(axcodes):
@@ -40,7 +48,7 @@ def test_a_nifti_volume_is_read_in_ras_whatever_its_stored_orientation(suffix, a
     nib.save(image, path)
     volume, note = volumes.read_volume(path)
     assert note is None
-    np.testing.assert_array_equal(volume, volumes.normalise("ras", ras_volume()))
+    np.testing.assert_array_equal(volume, normalised(ras_volume()))
 
 
 # Where voxel (x, y, z) of a RAS volume lands in each axis's slice image: (row, column).
@@ -66,7 +74,7 @@ def test_an_analyze_pair_is_read_with_nibabels_default_radiological_flip(tmp_pat
     assert path.with_suffix(".img").exists()
     assert nib.aff2axcodes(nib.load(path).affine)[0] == "L"  # Analyze 7.5 stores no orientation: x runs left
     volume, _ = volumes.read_volume(path)
-    np.testing.assert_array_equal(volume, volumes.normalise("ras", ras_volume())[::-1])
+    np.testing.assert_array_equal(volume, normalised(ras_volume())[::-1])
 
 
 def test_normalisation_maps_robust_percentiles_to_0_and_1():
@@ -74,7 +82,7 @@ def test_normalisation_maps_robust_percentiles_to_0_and_1():
     data[0, 0, 0] = np.nan
     low, high = np.nanpercentile(data, volumes.PERCENTILES)
     expected = exposure.rescale_intensity(np.nan_to_num(data, nan=low), in_range=(low, high), out_range=(0.0, 1.0))
-    np.testing.assert_allclose(volumes.normalise("x", data), expected, atol=1e-6)
+    np.testing.assert_allclose(normalised(data), expected, atol=1e-6)
 
 
 def test_slices_without_brain_are_left_out():
@@ -100,7 +108,7 @@ def test_a_4d_series_gives_its_first_volume_and_says_so(tmp_path):
     series = np.stack([ras_volume(), np.zeros(SHAPE, np.float32) + 5], axis=-1)
     nib.save(nib.Nifti1Image(series, np.eye(4)), tmp_path / "series.nii")
     volume, note = volumes.read_volume(tmp_path / "series.nii")
-    np.testing.assert_array_equal(volume, volumes.normalise("ras", ras_volume()))
+    np.testing.assert_array_equal(volume, normalised(ras_volume()))
     assert "first" in note and "2 volumes" in note
 
 
@@ -153,8 +161,6 @@ def write_cohort(root, subjects=4):
 
 
 def test_a_folder_of_volumes_is_a_source_split_by_subject_with_labels_from_folders(tmp_path):
-    import dataset
-
     root = write_cohort(tmp_path / "cohort")
     source = dataset.load_source(str(root), seed=3)
     assert source.kind == "volumes" and source.class_names == ["AD", "NC"]
@@ -188,9 +194,6 @@ def test_slice_selection_keeps_the_central_fraction_and_every_kth():
 
 
 def test_train_stops_with_one_line_on_a_damaged_volume_and_writes_nothing(tmp_path, capsys):
-    import train
-    from conftest import call_main
-
     root = write_cohort(tmp_path / "cohort", subjects=3)
     damaged = root / "NC" / "sub-NC01" / "ses-1" / "anat" / "sub-NC01_ses-1_T1w.nii.gz"
     damaged.write_bytes(damaged.read_bytes()[:300])
@@ -205,9 +208,6 @@ def test_train_stops_with_one_line_on_a_damaged_volume_and_writes_nothing(tmp_pa
 
 def test_a_volume_is_reconstructed_into_its_own_voxel_grid(trained, tmp_path, capsys):
     """The input's shape, affine and orientation, a summary line and a figure of three views."""
-    import predict
-    from conftest import call_main
-
     transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
                                                 nib.orientations.axcodes2ornt("PIR"))
     source = nib.Nifti1Image(head(np.random.default_rng(0), (30, 34, 26)), np.diag([1.5, 1.5, 2.0, 1.0]))
@@ -229,8 +229,6 @@ def test_a_volume_is_reconstructed_into_its_own_voxel_grid(trained, tmp_path, ca
 def test_every_voxel_goes_back_where_it_came_from(axis):
     """Slicing, squaring, resizing and back, with an identity in place of the model, gives the volume again:
     exactly where the model's size is the squared slice's side, nearly where it is resized."""
-    import predict
-
     volume = np.random.default_rng(1).random((12, 16, 10)).astype(np.float32)
     side = max(s for k, s in enumerate(volume.shape) if k != volumes.AXES[axis])
     same, inputs = predict.through_slices(volume, axis, side, lambda images: images)
@@ -242,9 +240,6 @@ def test_every_voxel_goes_back_where_it_came_from(axis):
 
 
 def test_reconstruct_volume_refuses_a_bad_volume_and_an_existing_output(trained, tmp_path, capsys):
-    import predict
-    from conftest import call_main
-
     (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b" + bytes(100))
     out = tmp_path / "recon.nii.gz"
     result = call_main(predict.main, ["--model", str(trained[0]), "--reconstruct-volume",
