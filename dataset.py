@@ -9,7 +9,8 @@ Five sources, each split by patient so that no patient is in two splits:
 - `volumes`: NIfTI or Analyze volumes below a folder (class subfolders or not), split by the subject in the
   file name, sliced along one axis (`volumes`).
 - `demo`: the embedded default, a small virtual cohort made from the MNI ICBM152 T1 template that ships inside
-  nilearn (see `build_demo`). It needs no download and is cached as OASIS-layout PNGs after the first build.
+  nilearn (see `build_demo`). It needs no download, is cached as NIfTI volumes after the first build, and is
+  read by the `volumes` source, as users' scans are.
 
 Every image becomes grayscale float32 in [0, 1], padded with background to a square, then resized.
 """
@@ -23,6 +24,7 @@ import os
 import re
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import tensorflow as tf
 
@@ -56,13 +58,15 @@ images were smaller than the image size and so upscaled."""
 @dataclasses.dataclass
 class Split:
     """The image files of one split, their patient ids and integer labels (-1 where unlabelled); for volumes,
-    the volume files, the `axis` they are sliced along and which brain slices are kept (`slices`)."""
+    the volume files, the `axis` they are sliced along, which brain slices are kept (`slices`) and the intensity
+    `window` that maps every volume to [0, 1] (None: each volume's own percentiles, `volumes.intensity_range`)."""
 
     files: list
     patients: list
     labels: list
     axis: str = None
     slices: str = "all"
+    window: tuple = None
 
     def __len__(self):
         return len(self.files)
@@ -199,7 +203,8 @@ def _carve_by_patient(split, fraction, seed):
 
 def _select(split, keep_patient):
     rows = [row for row in zip(split.files, split.patients, split.labels) if keep_patient(row[1])]
-    return Split([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], split.axis, split.slices)
+    return Split([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], split.axis, split.slices,
+                 split.window)
 
 
 def load_folder(root, fractions=(0.8, 0.1, 0.1), seed=0):
@@ -249,9 +254,7 @@ def load_source(data=None, dataset="auto", seed=0, validation_fraction=0.1, cach
     """Find the images of `data` (the embedded demo when None) and split them by patient; volumes are sliced
     along `axis`, keeping the brain slices that `slices` selects (`volumes.parse_slices`)."""
     if dataset == "demo" or (data is None and dataset == "auto"):
-        source = load_oasis(build_demo(cache_dir=cache_dir, seed=seed))
-        source.kind = "demo"
-        return source
+        return load_demo(cache_dir=cache_dir, seed=seed)
     if data is None:
         raise DataError(f"the {dataset} layout needs a data folder")
     layout = detect_layout(data) if dataset == "auto" else dataset
@@ -344,7 +347,7 @@ def _decoded_volumes(split, image_size, skip_bad):
     resized like images, all cached in memory as 8-bit."""
     def slices_of(path):
         try:
-            volume, note = volumes.read_volume(path)
+            volume, note = volumes.read_volume(path, split.window)
         except volumes.VolumeError as error:
             return error, None
         kept = volumes.select_slices(volumes.brain_slices(volume, split.axis), split.slices)
@@ -445,30 +448,48 @@ def default_cache_dir():
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "brain_vqvae"
 
 
-def build_demo(cache_dir=None, seed=0, subjects=(12, 2, 2), slice_step=2, size=256):
-    """Build (or reuse) the demo cohort and return its folder, in the OASIS layout.
+DEMO_SUBJECTS = (12, 2, 2)  # train, validate, test
+
+
+def load_demo(cache_dir=None, seed=0, subjects=DEMO_SUBJECTS, slice_step=2, size=256):
+    """The demo cohort (built once, then cached) as a `volumes` source with `subjects` in its three splits.
+
+    Its volumes hold 8-bit slices already windowed by the generator, so they are read with the window 0..255
+    rather than re-stretched by each volume's percentiles.
+    """
+    root = build_demo(cache_dir, seed, sum(subjects), slice_step, size)
+    files = volume_files(root)
+    everything = Split(files, [volumes.subject_id(f) for f in files], [-1] * len(files), "axial", "all", (0, 255))
+    # Subjects in the generator's order (sub-001, sub-002, ...): the first subjects[0] train, and so on.
+    order, ends = sorted(set(everything.patients)), np.cumsum(subjects)
+    groups = {name: set(order[end - count:end]) for name, count, end in zip(SPLITS, subjects, ends)}
+    return DataSource("demo", root, [], {name: _select(everything, lambda p, g=group: p in g)
+                                          for name, group in groups.items()})
+
+
+def build_demo(cache_dir=None, seed=0, subjects=sum(DEMO_SUBJECTS), slice_step=2, size=256):
+    """Build (or reuse) the demo cohort and return its folder: one NIfTI volume per virtual subject.
 
     The MNI ICBM152 T1 template bundled with nilearn is resliced axially; each virtual subject gets its own
     random affine (rotation, scale, shear, shift), a smooth elastic deformation, a head-position offset along
-    z, and intensity changes (gamma, a smooth bias field, Rician noise). Subjects, not slices, are assigned to
-    train/validate/test in the counts `subjects`. The result is deterministic for a seed.
+    z, and intensity changes (gamma, a smooth bias field, Rician noise). Its 8-bit axial slices are stacked
+    into a volume in RAS, placed in the template's world space (voxels of 0.8 x 233 / `size` mm in-plane,
+    `slice_step` mm apart). The result is deterministic for a seed.
     """
-    name = f"demo_v2_seed{seed}_{'-'.join(map(str, subjects))}_{slice_step}_{size}"
+    name = f"demo_v4_seed{seed}_{subjects}_{slice_step}_{size}"
     root = Path(cache_dir or default_cache_dir()) / name
     if (root / "complete").exists():
         return str(root)
-    volume = _mni_template()
+    volume, affine = _mni_template()
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    subject = 0
-    for split, count in zip(SPLITS, subjects):
-        folder = tmp / OASIS_FOLDERS[split]
-        folder.mkdir(parents=True, exist_ok=True)
-        for _ in range(count):
-            subject += 1
-            for index, image in enumerate(_virtual_subject(volume, rng, slice_step, size)):
-                tf.io.write_file(str(folder / f"case_{subject:03d}_slice_{index}.nii.png"),
-                                 tf.io.encode_png(image[..., None]))
+    affine = affine @ _demo_voxels_to_template(volume, slice_step, size)
+    for subject in range(1, subjects + 1):
+        slices = [volumes.plane_of(image, "axial") for image in _virtual_subject(volume, rng, slice_step, size)]
+        image = nib.Nifti1Image(np.stack(slices, axis=2), affine)
+        image.header["cal_min"], image.header["cal_max"] = 0, 255
+        nib.save(image, tmp / f"sub-{subject:03d}_T1w.nii.gz")
     (tmp / "complete").write_text("ok\n")
     if root.exists():
         return str(root)  # another process finished first
@@ -477,11 +498,29 @@ def build_demo(cache_dir=None, seed=0, subjects=(12, 2, 2), slice_step=2, size=2
 
 
 def _mni_template():
-    """The 1 mm MNI152 T1 template as float32 [x, y, z] in [0, 1]; bundled with nilearn, no download."""
+    """(the 1 mm MNI152 T1 template as float32 [x, y, z] in [0, 1], its affine); bundled with nilearn, no
+    download."""
     from nilearn.datasets import load_mni152_template
 
-    volume = load_mni152_template(resolution=1).get_fdata().astype(np.float32)
-    return np.clip(volume / np.percentile(volume, 99.5), 0.0, 1.0)
+    template = load_mni152_template(resolution=1)
+    volume = template.get_fdata().astype(np.float32)
+    return np.clip(volume / np.percentile(volume, 99.5), 0.0, 1.0), template.affine
+
+
+def _brain_slices_of_template(volume):
+    """The template's axial slices with at least a quarter of the largest brain area."""
+    brain_area = (volume > 0.1).sum(axis=(0, 1))
+    return np.flatnonzero(brain_area > 0.25 * brain_area.max())
+
+
+def _demo_voxels_to_template(volume, slice_step, size):
+    """The affine from a demo volume's voxels to the template's voxels, before each subject's own motion."""
+    nx, ny, _ = volume.shape
+    spacing = 0.8 * max(nx, ny) / size
+    return np.array([[spacing, 0, 0, nx / 2 - spacing * size / 2],
+                     [0, spacing, 0, ny / 2 - spacing * size / 2],
+                     [0, 0, slice_step, _brain_slices_of_template(volume)[0]],
+                     [0, 0, 0, 1.0]])
 
 
 def _virtual_subject(volume, rng, slice_step, size):
@@ -489,10 +528,8 @@ def _virtual_subject(volume, rng, slice_step, size):
     from scipy import ndimage
 
     nx, ny, nz = volume.shape
-    brain_area = (volume > 0.1).sum(axis=(0, 1))
-    brain_slices = np.flatnonzero(brain_area > 0.25 * brain_area.max())
     shift_z = rng.integers(-3, 4)
-    z_positions = np.clip(brain_slices[::slice_step] + shift_z, 0, nz - 1)
+    z_positions = np.clip(_brain_slices_of_template(volume)[::slice_step] + shift_z, 0, nz - 1)
 
     # Output pixel (row, col) -> template (x, y): anterior up, subject's left on the image's right.
     angle = np.deg2rad(rng.uniform(-8, 8))

@@ -43,15 +43,17 @@ def subject_id(path):
     return re.sub(r"(\.nii)?(\.gz)?$|\.hdr$", "", name, flags=re.IGNORECASE)
 
 
-def read_volume(path):
+def read_volume(path, window=None):
     """(volume float32 [X, Y, Z] in RAS, normalised to [0, 1], a note or None) of one file.
 
+    `window` (low, high) maps those intensities to 0 and 1 where the files' range is known (8-bit slices
+    already windowed, say); None normalises each volume by its own percentiles (`intensity_range`).
     A 4D series gives its first volume (the note says so); NaN and infinite voxels count as background.
     Raises VolumeError for a file nibabel cannot read, an Analyze header without its image, a volume that is
     not 3D or 4D, and one without any intensity range.
     """
     _, ras, note = read_ras(path)
-    return normalise(ras, *intensity_range(path, ras)), note
+    return normalise(ras, *(window or intensity_range(path, ras))), note
 
 
 def read_ras(path):

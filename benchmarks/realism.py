@@ -212,7 +212,7 @@ def main():
     size = metadata["image_size"]
     source = dataset.load_source(args.data)
     # The demo's test split has 2 subjects, too few to split by patient: its generator makes 16 new ones.
-    test_source = source if args.data else dataset.load_oasis(dataset.build_demo(seed=1, subjects=(1, 1, 16)))
+    test_source = source if args.data else dataset.load_demo(seed=1, subjects=(1, 1, 16))
     real, patients, labels = held_out(test_source, size, args.slices_per_patient)
     in_a = halves(patients, seed=12345)
     a, b = real[in_a], real[~in_a]

@@ -3,6 +3,7 @@
 import socket
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -129,22 +130,24 @@ def test_unusable_data_paths_raise_a_clear_error(tmp_path, make, message):
         dataset.load_source(str(make(tmp_path)))
 
 
-def test_demo_builds_offline_deterministically_in_oasis_layout(tmp_path, monkeypatch):
+def test_demo_builds_offline_deterministically_as_nifti_volumes(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("the demo must not use the network")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     settings = dict(seed=5, subjects=(2, 1, 1), slice_step=25, size=64)
-    first = dataset.build_demo(cache_dir=tmp_path / "a", **settings)
-    second = dataset.build_demo(cache_dir=tmp_path / "b", **settings)
-    source = dataset.load_oasis(first)
-    assert [len(set(source.splits[s].patients)) for s in dataset.SPLITS] == [2, 1, 1]
+    source = dataset.load_demo(cache_dir=tmp_path / "a", **settings)
+    again = dataset.load_demo(cache_dir=tmp_path / "b", **settings)
+    assert source.kind == "demo" and [len(set(source.splits[s].patients)) for s in dataset.SPLITS] == [2, 1, 1]
     images = images_of(source.splits["train"], 32)[0]
     assert images.shape[1:] == (32, 32, 1) and len(images) >= 8
     assert images.mean() > 0.05 and images[:, 0, 0].max() == 0  # brain in the middle, background at the corner
-    files = sorted(p.relative_to(first) for p in Path(first).rglob("*.png"))
-    assert files == sorted(p.relative_to(second) for p in Path(second).rglob("*.png"))
-    assert all((Path(first) / f).read_bytes() == (Path(second) / f).read_bytes() for f in files)
+    files = sorted(Path(f).name for split in source.splits.values() for f in split.files)
+    assert files == sorted(Path(f).name for split in again.splits.values() for f in split.files)
+    assert all(f.endswith(".nii.gz") for f in files)
+    for first, second in zip(sorted(sum((split.files for split in source.splits.values()), [])),
+                             sorted(sum((split.files for split in again.splits.values()), []))):
+        np.testing.assert_array_equal(np.asarray(nib.load(first).dataobj), np.asarray(nib.load(second).dataobj))
     # Two subjects differ: the cohort is not one image copied.
     a, b = (images_of(source.splits[s], 32)[0] for s in ("validate", "test"))
     assert np.abs(a.mean(0) - b.mean(0)).mean() > 0.01
