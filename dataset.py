@@ -517,8 +517,10 @@ def _demo_voxels_to_template(volume, slice_step, size):
     """The affine from a demo volume's voxels to the template's voxels, before each subject's own motion."""
     nx, ny, _ = volume.shape
     spacing = 0.8 * max(nx, ny) / size
+    # As `_virtual_subject` samples: column c at x = nx/2 + (c - size/2) spacing, row r at
+    # y = ny/2 + (size/2 - r) spacing; `volumes.plane_of` stores row r at j = size - 1 - r.
     return np.array([[spacing, 0, 0, nx / 2 - spacing * size / 2],
-                     [0, spacing, 0, ny / 2 - spacing * size / 2],
+                     [0, spacing, 0, ny / 2 - spacing * (size / 2 - 1)],
                      [0, 0, slice_step, _brain_slices_of_template(volume)[0]],
                      [0, 0, 0, 1.0]])
 

@@ -10,6 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 import dataset
+import volumes
 from conftest import fake_slice, write_adni
 
 
@@ -151,6 +152,30 @@ def test_demo_builds_offline_deterministically_as_nifti_volumes(tmp_path, monkey
     # Two subjects differ: the cohort is not one image copied.
     a, b = (images_of(source.splits[s], 32)[0] for s in ("validate", "test"))
     assert np.abs(a.mean(0) - b.mean(0)).mean() > 0.01
+
+
+def test_the_demo_volumes_give_back_the_generators_slices_in_the_templates_space(tmp_path):
+    settings = dict(seed=3, subjects=(1, 1, 1), slice_step=20, size=48)
+    source = dataset.load_demo(cache_dir=tmp_path, **settings)
+    template, template_affine = dataset._mni_template()
+    rng = np.random.default_rng(settings["seed"])
+    for split in dataset.SPLITS:  # the generator makes the subjects in this order
+        made = np.stack(list(dataset._virtual_subject(template, rng, settings["slice_step"], settings["size"])))
+        read = (images_of(source.splits[split], settings["size"])[0][..., 0] * 255).round()
+        np.testing.assert_array_equal(read, made)
+        image = nib.load(source.splits[split].files[0])
+        assert nib.aff2axcodes(image.affine) == ("R", "A", "S")
+        # A pixel of the k-th slice sits, in world mm, where the generator sampled the template for it
+        # (before the subject's own motion): x = nx/2 + (column - size/2) s, y = ny/2 + (size/2 - row) s.
+        size, step, (nx, ny, _) = settings["size"], settings["slice_step"], template.shape
+        spacing, first = 0.8 * max(nx, ny) / size, dataset._brain_slices_of_template(template)[0]
+        for row, column, k in [(0, 0, 0), (5, 40, 1), (47, 13, 2)]:
+            marker = np.zeros((size, size))
+            marker[row, column] = 1
+            voxel = [*np.argwhere(volumes.plane_of(marker, "axial"))[0], k, 1]
+            sampled = [nx / 2 + (column - size / 2) * spacing, ny / 2 + (size / 2 - row) * spacing,
+                       first + k * step, 1]
+            np.testing.assert_allclose(image.affine @ voxel, template_affine @ sampled, atol=1e-4)  # float32 in the header
 
 
 def test_epochs_of_batches_reshuffles_each_epoch_and_a_resumed_stream_continues_it():

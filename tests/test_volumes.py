@@ -85,6 +85,16 @@ def test_normalisation_maps_robust_percentiles_to_0_and_1():
     np.testing.assert_allclose(normalised(data), expected, atol=1e-6)
 
 
+def test_a_known_window_replaces_the_percentiles(tmp_path):
+    data = np.random.default_rng(1).integers(0, 256, SHAPE).astype(np.uint8)
+    data[:4] = 0  # so that the percentiles are not the window
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "scan.nii")
+    volume, _ = volumes.read_volume(tmp_path / "scan.nii", window=(0, 255))
+    expected = exposure.rescale_intensity(data.astype(np.float64), in_range=(0, 255), out_range=(0.0, 1.0))
+    np.testing.assert_allclose(volume, expected, atol=1e-7)
+    assert not np.allclose(volumes.read_volume(tmp_path / "scan.nii")[0], expected, atol=1e-3)
+
+
 def test_slices_without_brain_are_left_out():
     volume = np.zeros(SHAPE, np.float32)
     volume[1:5, 1:6, 2:6] = 0.8
