@@ -132,9 +132,9 @@ def load_split(flag, data, split, image_size, seed):
 def reconstruct_figure(model, metadata, data, n, seed, out):
     """Write a figure of `n` test slices above their reconstructions, each annotated with its SSIM."""
     source, decoded = load_split("--reconstruct", data, "test", metadata["image_size"], seed)
-    test = len(source.splits["test"])
-    step = max(1, test // n)  # spread the picks over the whole split (and so over its patients)
-    images = np.stack([image for image, _ in decoded.as_numpy_iterator()][::step][:n])
+    every = [image for image, _ in decoded.as_numpy_iterator()]  # a volume's slices come in order
+    step = max(1, len(every) // n)  # spread the picks over the whole split (and so over its patients)
+    images = np.stack(every[::step][:n])
     reconstructions = model.reconstruct(tf.constant(images)).numpy()
     scores = ssim(images, reconstructions).numpy()
     figure = Figure(figsize=(1.6 * len(images), 3.6))
