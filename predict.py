@@ -129,12 +129,17 @@ def load_split(flag, data, split, image_size, seed):
         fail(f"{flag} {error}")
 
 
+def spread_picks(decoded, n):
+    """`n` images [n, S, S, 1] of a decoded split, spread evenly over it (and so over its patients, whose
+    slices come in order)."""
+    every = [image for image, _ in decoded.as_numpy_iterator()]
+    return np.stack(every[::max(1, len(every) // n)][:n])
+
+
 def reconstruct_figure(model, metadata, data, n, seed, out):
     """Write a figure of `n` test slices above their reconstructions, each annotated with its SSIM."""
     source, decoded = load_split("--reconstruct", data, "test", metadata["image_size"], seed)
-    every = [image for image, _ in decoded.as_numpy_iterator()]  # a volume's slices come in order
-    step = max(1, len(every) // n)  # spread the picks over the whole split (and so over its patients)
-    images = np.stack(every[::step][:n])
+    images = spread_picks(decoded, n)
     reconstructions = model.reconstruct(tf.constant(images)).numpy()
     scores = ssim(images, reconstructions).numpy()
     figure = Figure(figsize=(1.6 * len(images), 3.6))

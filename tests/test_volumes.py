@@ -262,3 +262,16 @@ def test_reconstruct_volume_refuses_a_bad_volume_and_an_existing_output(trained,
     result = call_main(predict.main, ["--model", str(trained[0]), "--reconstruct-volume",
                                       str(tmp_path / "broken.nii.gz"), "--out", str(out)], capsys)
     assert result.returncode == 2 and "already there" in result.stderr and out.read_bytes() == b"mine"
+
+
+def test_reconstruct_picks_test_slices_from_every_volume_not_the_first_ones(tmp_path):
+    for subject, level in (("sub-01", 100.0), ("sub-02", 200.0)):
+        data = np.zeros((8, 8, 12), np.float32)
+        data[2:6, 2:6] = level + np.arange(12)  # brain on every axial slice, its number in its intensity
+        nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / f"{subject}_T1w.nii")
+    files = dataset.volume_files(tmp_path)
+    split = dataset.Split(files, [volumes.subject_id(f) for f in files], [-1, -1], "axial", "all", (0, 255))
+    picks = predict.spread_picks(dataset.decoded_split(split, 8).images, 4)
+    levels = sorted(np.round(picks.max(axis=(1, 2, 3)) * 255).astype(int).tolist())
+    assert levels == [100, 106, 200, 206]
+
