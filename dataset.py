@@ -198,10 +198,11 @@ def _carve_by_patient(split, fraction, seed):
         patients = sorted({p for p, l in zip(split.patients, split.labels) if l == label})
         count = min(len(patients) - 1, max(1, round(fraction * len(patients)))) if fraction > 0 else 0
         held_out.update(rng.choice(patients, size=count, replace=False).tolist() if count > 0 else [])
-    return _select(split, lambda p: p not in held_out), _select(split, lambda p: p in held_out)
+    return select(split, lambda p: p not in held_out), select(split, lambda p: p in held_out)
 
 
-def _select(split, keep_patient):
+def select(split, keep_patient):
+    """The rows of `split` whose patient `keep_patient` accepts (volumes keep their axis, slices and window)."""
     rows = [row for row in zip(split.files, split.patients, split.labels) if keep_patient(row[1])]
     return Split([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], split.axis, split.slices,
                  split.window)
@@ -230,7 +231,7 @@ def _split_by_patient(everything, fractions, seed):
         n_train = min(n_train, len(patients) - n_validate - 1)
     groups = {"train": set(patients[:n_train]), "validate": set(patients[n_train:n_train + n_validate]),
               "test": set(patients[n_train + n_validate:])}
-    return {name: _select(everything, lambda p, g=group: p in g) for name, group in groups.items()}
+    return {name: select(everything, lambda p, g=group: p in g) for name, group in groups.items()}
 
 
 def load_volumes(root, fractions=(0.8, 0.1, 0.1), seed=0, axis="axial", slices="all"):
@@ -463,7 +464,7 @@ def load_demo(cache_dir=None, seed=0, subjects=DEMO_SUBJECTS, slice_step=2, size
     # Subjects in the generator's order (sub-001, sub-002, ...): the first subjects[0] train, and so on.
     order, ends = sorted(set(everything.patients)), np.cumsum(subjects)
     groups = {name: set(order[end - count:end]) for name, count, end in zip(SPLITS, subjects, ends)}
-    return DataSource("demo", root, [], {name: _select(everything, lambda p, g=group: p in g)
+    return DataSource("demo", root, [], {name: select(everything, lambda p, g=group: p in g)
                                           for name, group in groups.items()})
 
 

@@ -19,6 +19,7 @@ distance between head-intensity histograms. Class-conditional models also get th
 import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -114,16 +115,17 @@ def blurred(images, sigma=2.0):
 
 def held_out(source, image_size, per_patient):
     """(images, patients, labels) of the test split, at most `per_patient` slices of each patient, spread
-    evenly over that patient's slices."""
+    evenly over that patient's slices (a patient's files are decoded together: a volume holds many slices)."""
     split = source.splits["test"]
-    images = np.stack([image for image, _ in dataset.decoded_split(split, image_size).images.as_numpy_iterator()])
-    patients, labels = np.array(split.patients), np.array(split.labels)
-    keep = []
-    for patient in np.unique(patients):
-        rows = np.flatnonzero(patients == patient)
-        keep.extend(rows[np.linspace(0, len(rows) - 1, min(per_patient, len(rows))).round().astype(int)])
-    keep = np.array(sorted(set(keep)))
-    return images[keep], patients[keep], labels[keep]
+    images, patients, labels = [], [], []
+    for patient in sorted(set(split.patients)):
+        own = dataset.decoded_split(dataset.select(split, lambda p: p == patient), image_size).images
+        pairs = list(own.as_numpy_iterator())
+        for index in spread(len(pairs), per_patient):
+            images.append(pairs[index][0])
+            labels.append(pairs[index][1])
+            patients.append(patient)
+    return np.stack(images), np.array(patients), np.array(labels)
 
 
 def generate(model, n, args, label=None, batch_size=64):
@@ -173,9 +175,11 @@ def side_by_side(real, generated, title, path, per_side=16):
 def training_slices(source, image_size, limit):
     """At most `limit` training slices, spread over the split, for the memorisation check."""
     split = source.splits["train"]
-    step = max(1, len(split) // limit)
-    subset = dataset.Split(split.files[::step][:limit], split.patients[::step][:limit], split.labels[::step][:limit])
-    return np.stack([image for image, _ in dataset.decoded_split(subset, image_size).images.as_numpy_iterator()])
+    files = spread(len(split), limit)
+    subset = dataclasses.replace(split, files=[split.files[i] for i in files],
+                                 patients=[split.patients[i] for i in files], labels=[split.labels[i] for i in files])
+    images = np.stack([image for image, _ in dataset.decoded_split(subset, image_size).images.as_numpy_iterator()])
+    return images[spread(len(images), limit)]  # volumes: fewer files than slices
 
 
 def main():

@@ -1,8 +1,12 @@
 """The realism benchmark's pieces: the two-sample classifier tells real from obviously fake but not from real,
 and the memorisation, anatomy and histogram figures against numpy."""
 
+import nibabel as nib
 import numpy as np
 import pytest
+
+import dataset
+import volumes
 
 from benchmarks import realism
 from conftest import fake_slice
@@ -56,3 +60,20 @@ def test_the_figure_never_replaces_a_file_the_tool_did_not_write(tmp_path, capsy
     assert foreign.read_bytes() == b"not ours"
     realism.side_by_side(*(slices(16, seed)[0] for seed in (1, 2)), "title", tmp_path / "new.png")
     assert (tmp_path / "new.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_held_out_and_training_slices_name_each_volumes_slices_by_their_subject(tmp_path):
+    levels = {"sub-01": 100, "sub-02": 200}
+    for subject, level in levels.items():
+        data = np.zeros((8, 8, 12), np.float32)
+        data[2:6, 2:6] = level + np.arange(12)  # brain on every axial slice, its number in its intensity
+        nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / f"{subject}_T1w.nii")
+    files = dataset.volume_files(tmp_path)
+    split = dataset.Split(files, [volumes.subject_id(f) for f in files], [-1, -1], "axial", "all", (0, 255))
+    source = dataset.DataSource("volumes", str(tmp_path), [], {"train": split, "test": split})
+    images, patients, _ = realism.held_out(source, 8, per_patient=3)
+    found = np.round(images.max(axis=(1, 2, 3)) * 255).astype(int)
+    assert patients.tolist() == ["sub-01"] * 3 + ["sub-02"] * 3
+    assert found.tolist() == [100, 106, 111, 200, 206, 211]  # first, middle and last slice of each
+    assert len(realism.training_slices(source, 8, limit=5)) == 5
+
