@@ -574,11 +574,11 @@ class GatedPixelCNN(keras.Model):
         embedded = self.embedding(codes)
         return self.horizontal_logits(embedded, self.vertical_links(embedded, labels), labels)
 
-    def sample(self, n, labels=None, temperature=1.0, seed=0, cached=True, top_k=0, top_p=1.0):
+    def sample(self, n, labels=None, temperature=1.0, seed=0, cached=True, top_k=0, top_p=1.0, background=None):
         """Draw `n` code grids by ancestral sampling in raster order; int32 [n, G, G].
 
-        Each code is drawn from `filter_logits(logits, temperature, top_k, top_p)`: the defaults draw from
-        the prior itself. `cached` keeps each block's caches (`logits_at`, `record`, `finish_row`), constant work
+        Each code is drawn from `filter_logits(logits, temperature, top_k, top_p, background)`: the defaults
+        draw from the prior itself. `cached` keeps each block's caches (`logits_at`, `record`, `finish_row`), constant work
         per position; otherwise every position recomputes the whole network (the reference the cached sampler
         is tested against). Both draw
         the same codes for the same seed, since position p draws with the stateless seed (seed, p). Wrap in
@@ -587,26 +587,27 @@ class GatedPixelCNN(keras.Model):
         g = self.grid_size
         labels = ops.cast(labels, "int32") if self.num_classes else None
         if not cached:
-            return self._sample_by_full_passes(n, labels, temperature, seed, top_k, top_p)
+            return self._sample_by_full_passes(n, labels, temperature, seed, top_k, top_p, background)
         rows = tf.TensorArray(tf.int32, size=g)
         state = {"labels": labels if self.num_classes else tf.zeros((n,), tf.int32),
                  "row": tf.zeros((n, g), tf.int32), **self._empty_caches(n)}
         for i in tf.range(g):
             for j in tf.range(g):
                 state, logits = self.logits_at(state, j)
-                drawn = _draw(logits, i * g + j, temperature, top_k, top_p, seed)
+                drawn = _draw(logits, i * g + j, temperature, top_k, top_p, background, seed)
                 state = self.record(state, j, drawn)
             rows = rows.write(i, state["row"])
             state = self.finish_row(state, i)
         return tf.transpose(rows.stack(), (1, 0, 2))
 
-    def _sample_by_full_passes(self, n, labels, temperature, seed, top_k, top_p):
+    def _sample_by_full_passes(self, n, labels, temperature, seed, top_k, top_p, background):
         g = self.grid_size
         codes = tf.zeros((n, g * g), tf.int32)
         for position in tf.range(g * g):
             grid = ops.reshape(codes, (n, g, g))
             logits = ops.reshape(self.call((grid, labels) if self.num_classes else grid), (n, g * g, -1))
-            drawn = _draw(ops.take(logits, position, axis=1), position, temperature, top_k, top_p, seed)
+            drawn = _draw(ops.take(logits, position, axis=1), position, temperature, top_k, top_p, background,
+                          seed)
             codes = codes + drawn[:, None] * tf.one_hot(position, g * g, dtype=tf.int32)
         return ops.reshape(codes, (n, g, g))
 
@@ -714,19 +715,43 @@ class GatedPixelCNN(keras.Model):
                 "attention_layers": self.attention_layers}
 
 
-def _draw(logits, position, temperature, top_k, top_p, seed):
+def _draw(logits, position, temperature, top_k, top_p, background, seed):
     """One code per grid [n] from `filter_logits` of `logits` [n, K], with the stateless seed (seed, position)."""
-    logits = filter_logits(logits, temperature, top_k, top_p)
+    logits = filter_logits(logits, temperature, top_k, top_p, background)
     seeds = tf.stack([tf.cast(seed, tf.int32), tf.cast(position, tf.int32)])
     return tf.random.stateless_categorical(logits, 1, seeds, dtype=tf.int32)[:, 0]
 
 
-def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
+def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0, background=None):
     """Logits [..., K] to draw one code from: divided by `temperature`, then restricted to the `top_k` most
     likely codes (0: all) and to the smallest set of most likely codes whose probability reaches `top_p`
     (nucleus sampling; 1: all). Excluded codes get -inf; codes tied with the last one kept stay in. The
     most likely code is always kept, so a draw is always possible.
+
+    `background` (bool [K], optional) marks the codes of empty background. Where any is marked, the controls
+    reshape the other codes only, among themselves, and the background codes keep the probability the prior
+    gives them: where the head begins and ends is drawn as trained, while the texture inside is sharpened
+    (plain temperatures below 1 also make background likelier, so heads shrink). The returned values are then
+    log-probabilities. With no code marked, or None, this is the plain filter above.
     """
+    if background is None:
+        return _filter_all_codes(logits, temperature, top_k, top_p)
+    background = tf.cast(background, tf.bool)
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    background_mass = tf.reduce_sum(tf.where(background, tf.exp(log_probs), 0.0), axis=-1, keepdims=True)
+    inside = _filter_all_codes(tf.where(background, tf.constant(-math.inf, logits.dtype), logits), temperature,
+                               top_k, top_p)
+    inside = tf.nn.log_softmax(inside, axis=-1) + tf.math.log(tf.maximum(1.0 - background_mass, 0.0))
+    kept = tf.where(background, log_probs, inside)
+    # Computing both and choosing keeps the plain filter's arithmetic, bit for bit, when nothing is marked or
+    # nothing is reshaped (the same distribution, but the same draws only from the same numbers).
+    reshaping = tf.logical_or(tf.cast(temperature, tf.float32) != 1.0,
+                              tf.logical_or(tf.cast(top_k, tf.int32) > 0, tf.cast(top_p, tf.float32) < 1.0))
+    return tf.where(tf.logical_and(tf.reduce_any(background), reshaping), kept,
+                    _filter_all_codes(logits, temperature, top_k, top_p))
+
+
+def _filter_all_codes(logits, temperature, top_k, top_p):
     # The most likely code gets logit 0 before dividing, and temperatures below 1e-30 (which float32 may round
     # to 0) act as 1e-30: greedy, never an overflow or 0 / 0.
     logits = logits - tf.reduce_max(logits, axis=-1, keepdims=True)

@@ -34,7 +34,7 @@ import dataset
 import volumes
 from codec import SUFFIX, CodecError, PriorCodec, model_fingerprint, prior_bits
 from curves import training_curves_figure
-from export import load_export
+from export import load_export, sample_images
 from metrics import evaluate_reconstructions, psnr, psnr_text, ssim
 from utils import (check_output_folder, check_writable, fail, mark_as_ours, nearest_existing, save_figure,
                    write_bytes, write_json)
@@ -74,6 +74,10 @@ def parse_args(argv=None):
     parser.add_argument("--top-p", type=float, default=1.0,
                         help="draw each code from the most likely codes that make up this probability "
                         "(nucleus sampling); 1 keeps all (default: %(default)s)")
+    parser.add_argument("--keep-background", action=argparse.BooleanOptionalAction, default=True,
+                        help="--temperature, --top-k and --top-p reshape only the codes of anatomy; the codes of "
+                        "empty background keep the probability the prior gives them, so heads keep their size "
+                        "(--no-keep-background: reshape every code; default: on)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the data split")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="images generated at once; memory does not grow with --n (default: %(default)s)")
@@ -388,15 +392,14 @@ def batch_seed(seed, batch):
 
 def draw(model, classes, args, count, seed):
     """`count` images [count, S, S, 1] sampled from the export's prior (of --label's class if given)."""
-    arguments = [tf.constant(count), tf.constant(args.temperature), tf.constant(seed)]
-    if args.label is not None:
-        arguments.insert(1, tf.constant(classes.index(args.label)))
-    endpoint = model.sample if args.label is None else model.sample_class
-    if args.top_k == 0 and args.top_p == 1:
-        return endpoint(*arguments).numpy()  # the form every export has
+    label = None if args.label is None else classes.index(args.label)
     try:
-        return endpoint(*arguments, tf.constant(args.top_k), tf.constant(args.top_p, tf.float32)).numpy()
-    except (TypeError, ValueError):  # no such concrete function: an export from before the sampling controls
+        return sample_images(model, count, args.temperature, seed, args.top_k, args.top_p, args.keep_background,
+                             label)
+    except ValueError as error:
+        if "keep_background" in str(error):
+            fail(f"--keep-background: the export at {args.model} predates it; retrain it, or pass "
+                 f"--no-keep-background")
         fail(f"--top-k/--top-p: the export at {args.model} predates them; retrain it, or sample without them")
 
 

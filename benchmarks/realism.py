@@ -30,7 +30,7 @@ from keras import layers
 from matplotlib.figure import Figure
 
 import dataset
-from export import load_export
+from export import load_export, sample_images
 from metrics import ssim
 from utils import check_figure_path, fail, save_figure
 
@@ -131,17 +131,9 @@ def held_out(source, image_size, per_patient):
 def generate(model, n, args, label=None, batch_size=64):
     """`n` generated images with the sampling settings of `args`, `batch_size` at a time (of class `label` if
     given)."""
-    batches = []
-    for batch, start in enumerate(range(0, n, batch_size)):
-        settings = [tf.constant(args.temperature), tf.constant(1000 + batch)]
-        if args.top_k or args.top_p < 1:  # exports from before the sampling controls take only these two
-            settings += [tf.constant(args.top_k), tf.constant(args.top_p, tf.float32)]
-        count = tf.constant(min(batch_size, n - start))
-        if label is None:
-            batches.append(model.sample(count, *settings).numpy())
-        else:
-            batches.append(model.sample_class(count, tf.constant(label), *settings).numpy())
-    return np.concatenate(batches)
+    return np.concatenate([sample_images(model, min(batch_size, n - start), args.temperature, 1000 + batch,
+                                         args.top_k, args.top_p, args.keep_background, label)
+                           for batch, start in enumerate(range(0, n, batch_size))])
 
 
 def accuracy(real, real_groups, other, other_groups, args):
@@ -195,6 +187,8 @@ def main():
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     parser.add_argument("--top-k", type=int, default=0, help="sample from the K most likely codes (0: all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling probability (1: all codes)")
+    parser.add_argument("--keep-background", action=argparse.BooleanOptionalAction, default=True,
+                        help="the sampling controls reshape only the codes of anatomy, as predict.py's default")
     parser.add_argument("--no-controls", dest="controls", action="store_false",
                         help="skip the real, blurred and reconstruction controls (when comparing sampling settings "
                         "of one model, whose controls do not change)")
@@ -224,7 +218,7 @@ def main():
     singles = np.arange(len(generated)).astype(str)
     result = {"benchmark": "realism", "model": args.model, "data": source.kind, "real_a": len(a), "real_b": len(b),
               "patients": len(np.unique(patients)), "generated": len(generated), "temperature": args.temperature,
-              "top_k": args.top_k, "top_p": args.top_p,
+              "top_k": args.top_k, "top_p": args.top_p, "keep_background": args.keep_background,
               "two_sample_accuracy": {"real_vs_generated": accuracy(a, patients[in_a], generated, singles, args)}}
     if args.controls:
         reconstructions = np.concatenate([model.reconstruct(tf.constant(chunk)).numpy()

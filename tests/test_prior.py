@@ -150,6 +150,41 @@ def test_filter_logits_keeps_the_codes_numpy_keeps(temperature, top_k, top_p):
         np.testing.assert_allclose(probabilities, reference_distribution(row, temperature, top_k, top_p), atol=1e-6)
 
 
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.0, 2, 1.0), (1.3, 0, 0.6),
+                                                     (0.8, 3, 0.9)])
+def test_keeping_background_reshapes_only_the_other_codes(temperature, top_k, top_p):
+    logits = np.random.default_rng(7).normal(0, 2, (5, 12)).astype("float32")
+    background = np.zeros(12, bool)
+    background[[0, 7]] = True
+    filtered = filter_logits(tf.constant(logits), temperature, top_k, top_p, tf.constant(background))
+    for row, drawn_with in zip(logits, tf.nn.softmax(filtered, axis=-1).numpy()):
+        prior = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+        expected = np.where(background, prior, 0.0)
+        expected[~background] = reference_distribution(row[~background], temperature, top_k, top_p) * (
+            1 - prior[background].sum())
+        np.testing.assert_allclose(drawn_with, expected, atol=1e-6)
+
+
+def test_with_no_background_code_marked_or_nothing_reshaped_the_filter_is_the_plain_one_bit_for_bit():
+    logits = tf.constant(np.random.default_rng(8).normal(0, 2, (5, 12)).astype("float32"))
+    np.testing.assert_array_equal(filter_logits(logits, 0.7, 3, 0.9, tf.zeros(12, tf.bool)).numpy(),
+                                  filter_logits(logits, 0.7, 3, 0.9).numpy())
+    marked = tf.constant(np.arange(12) < 4)
+    np.testing.assert_array_equal(filter_logits(logits, 1.0, 0, 1.0, marked).numpy(),
+                                  filter_logits(logits, 1.0, 0, 1.0).numpy())
+
+
+def test_a_cold_sampler_keeping_background_draws_background_or_the_likeliest_other_code():
+    model = tiny_prior(attention_layers=1)
+    background = np.arange(model.num_codes) < 3
+    codes = tf.function(lambda: model.sample(4, temperature=1e-7, seed=3, background=tf.constant(background)))()
+    codes = codes.numpy()
+    logits = model(tf.constant(codes)).numpy()  # teacher forcing: what each position was drawn from
+    likeliest_other = np.where(background, -np.inf, logits).argmax(-1)
+    assert (background[codes] | (codes == likeliest_other)).all()
+    assert background[codes].any() and not background[codes].all()  # background still drawn by chance
+
+
 def test_sampling_with_top_k_1_is_greedy_decoding():
     model = tiny_prior(attention_layers=1)
     greedy = tf.function(lambda: model.sample(2, temperature=1e-7, seed=3))().numpy()

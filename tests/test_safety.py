@@ -217,12 +217,26 @@ def test_generation_runs_in_batches_and_the_first_batch_is_the_exports_sample(tr
 
 def test_top_k_1_generation_writes_the_exports_greedy_images(trained, tmp_path):
     out, _, _, _ = trained
-    predict.main(["--model", str(out), "--n", "2", "--top-k", "1", "--label", "NC", "--out", str(tmp_path / "p")])
+    predict.main(["--model", str(out), "--n", "2", "--top-k", "1", "--label", "NC", "--no-keep-background",
+                  "--out", str(tmp_path / "p")])
     export = tf.saved_model.load(str(out))
     greedy = export.sample_class(2, 1, 1e-20, 9).numpy()  # temperature near 0: the most likely code everywhere
     for index in range(2):
         written = np.asarray(Image.open(tmp_path / "p" / f"sample_NC_{index:03d}.png"))
         np.testing.assert_array_equal(written, np.round(greedy[index, ..., 0] * 255).astype(np.uint8))
+
+
+def test_generation_keeps_background_by_default_as_the_exports_keep_background_argument_does(trained, tmp_path):
+    out, _, _, _ = trained
+    predict.main(["--model", str(out), "--n", "2", "--temperature", "0.5", "--label", "NC", "--out",
+                  str(tmp_path / "p")])
+    export = tf.saved_model.load(str(out))
+    kept = export.sample_class(2, 1, 0.5, 0, 0, 1.0, True).numpy()
+    plain = export.sample_class(2, 1, 0.5, 0).numpy()
+    assert not np.array_equal(kept, plain)
+    for index in range(2):
+        written = np.asarray(Image.open(tmp_path / "p" / f"sample_NC_{index:03d}.png"))
+        np.testing.assert_array_equal(written, np.round(kept[index, ..., 0] * 255).astype(np.uint8))
 
 
 @pytest.mark.parametrize("flags, message", [

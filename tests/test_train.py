@@ -78,6 +78,9 @@ def test_export_loads_without_the_project_and_matches_the_keras_models(trained, 
         np.testing.assert_array_equal(unfiltered.numpy(), samples.numpy())
         greedy = [model.sample_class(2, 1, 1.0, seed, 1, 1.0).numpy() for seed in (0, 1)]  # top_k 1
         np.testing.assert_array_equal(greedy[0], greedy[1])
+        kept = model.sample(4, 1.0, 5, 0, 1.0, True)  # keep_background: nothing to reshape at the defaults
+        np.testing.assert_array_equal(kept.numpy(), samples.numpy())
+        assert model.sample_class(2, 1, 0.5, 0, 0, 1.0, True).shape == (2, 32, 32, 1)
         state, previous, stepped = model.prior_start(3, labels), tf.zeros([3], tf.int32), []
         for position in range(64):  # the prior one position at a time, fed the images' own codes
             state = model.prior_step(state, position, previous)
