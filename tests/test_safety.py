@@ -22,6 +22,7 @@ import predict
 import train
 from checkpoints import CheckpointState, ResumeError
 from conftest import ROOT, TINY, call_main, fake_slice, run, write_adni
+from export import sample_images
 from metrics import evaluate_reconstructions
 from test_prior import tiny_prior
 from utils import MARKER, RunLock, check_output_folder, write_json
@@ -237,6 +238,25 @@ def test_generation_keeps_background_by_default_as_the_exports_keep_background_a
     for index in range(2):
         written = np.asarray(Image.open(tmp_path / "p" / f"sample_NC_{index:03d}.png"))
         np.testing.assert_array_equal(written, np.round(kept[index, ..., 0] * 255).astype(np.uint8))
+
+
+def test_an_export_from_before_a_sampling_control_is_named_not_called_wrongly(tmp_path):
+    class OlderExport(tf.Module):
+        @tf.function
+        def sample(self, n, temperature, seed, top_k=0, top_p=1.0):
+            return tf.fill([n, 4, 4, 1], temperature + tf.cast(top_k, tf.float32))
+
+    older = OlderExport()
+    scalar = [tf.TensorSpec([], dtype) for dtype in (tf.int32, tf.float32, tf.int32, tf.int32, tf.float32)]
+    older.sample.get_concrete_function(*scalar[:3])
+    older.sample.get_concrete_function(*scalar)
+    tf.saved_model.save(older, str(tmp_path / "older"))
+    loaded = tf.saved_model.load(str(tmp_path / "older"))
+    assert sample_images(loaded, 2, 0.5, 0, keep_background=False)[0, 0, 0, 0] == 0.5
+    assert sample_images(loaded, 2, 1.0, 0, top_k=3, keep_background=False)[0, 0, 0, 0] == 4.0  # 5 arguments
+    assert sample_images(loaded, 2, 1.0, 0, keep_background=True)[0, 0, 0, 0] == 1.0  # nothing to reshape
+    with pytest.raises(ValueError, match="predates keep_background"):
+        sample_images(loaded, 2, 0.5, 0, keep_background=True)
 
 
 @pytest.mark.parametrize("flags, message", [
