@@ -174,13 +174,16 @@ def generate(model, metadata, args, out):
     if args.label is not None and args.label not in classes:
         fail(f"--label {args.label}: expected one of {', '.join(classes)}")
     check_disk_space(out, args.n, metadata["image_size"])
+    # Drawn before the folder is made: an export too old for the controls asked for stops here, writing nothing.
+    first = draw(model, classes, args, min(args.batch_size, args.n), batch_seed(args.seed, 0))
     mark_as_ours(out, "predictions")
     stem = f"sample_{args.label}" if args.label else "sample"
     width = max(3, len(str(args.n - 1)))
     paths, shown = [], []
     progress = keras.utils.Progbar(args.n, unit_name="image")
     for batch, start in enumerate(range(0, args.n, args.batch_size)):
-        images = draw(model, classes, args, min(args.batch_size, args.n - start), batch_seed(args.seed, batch))
+        images = first if batch == 0 else draw(model, classes, args, min(args.batch_size, args.n - start),
+                                                batch_seed(args.seed, batch))
         for image in images:
             paths.append(out / f"{stem}_{len(paths):0{width}d}.png")
             write_bytes(paths[-1], tf.io.encode_png(tf.cast(tf.round(image * 255), tf.uint8)).numpy())

@@ -259,6 +259,19 @@ def test_an_export_from_before_a_sampling_control_is_named_not_called_wrongly(tm
         sample_images(loaded, 2, 0.5, 0, keep_background=True)
 
 
+def test_an_export_too_old_for_the_controls_gets_one_line_and_no_output_folder(trained, tmp_path, capsys,
+                                                                                 monkeypatch):
+    def too_old(*args, **kwargs):
+        raise ValueError("predates keep_background")
+
+    monkeypatch.setattr(predict, "sample_images", too_old)
+    result = call_main(predict.main, ["--model", str(trained[0]), "--n", "2", "--temperature", "0.6",
+                                      "--out", str(tmp_path / "p")], capsys)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --keep-background: the export at")
+    assert not (tmp_path / "p").exists()
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--n", "2000000"], "--n 2000000: expected a number of images from 1 to 1,000,000"),
     (["--temperature", "nan"], "--temperature nan: expected a finite positive number"),
