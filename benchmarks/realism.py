@@ -39,15 +39,13 @@ FOREGROUND = 0.1  # intensity above which a pixel counts as head, not background
 
 def discriminator(image_size):
     """A small CNN that outputs the logit of "generated" for an image [S, S, 1]."""
-    return keras.Sequential([
-        keras.Input((image_size, image_size, 1)),
-        layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
-        layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
-        layers.Conv2D(64, 3, strides=2, padding="same", activation="relu"),
-        layers.Conv2D(64, 3, strides=2, padding="same", activation="relu"),
-        layers.GlobalAveragePooling2D(),
-        layers.Dense(1),
-    ])
+    # Batch normalisation because without it the training stalled for some seeds (on the demo's samples, six
+    # seeds scored 0.63-1.00; with it, 1.00 each, and real against real still 0.52). Momentum 0.9, not Keras's
+    # 0.99: the moving statistics used for scoring must settle within a few hundred steps.
+    blocks = [[layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False),
+               layers.BatchNormalization(momentum=0.9), layers.ReLU()] for width in (16, 32, 64, 64)]
+    return keras.Sequential([keras.Input((image_size, image_size, 1)), *sum(blocks, []),
+                             layers.GlobalAveragePooling2D(), layers.Dense(1)])
 
 
 def halves(groups, seed):
