@@ -78,3 +78,13 @@ def test_held_out_and_training_slices_name_each_volumes_slices_by_their_subject(
     assert found.tolist() == [100, 106, 111, 200, 206, 211]  # first, middle and last slice of each
     assert len(realism.training_slices(source, 8, limit=5)) == 5
 
+
+
+def test_reconstructions_come_in_batches_in_order():
+    class Doubling:
+        def reconstruct(self, images):
+            assert len(images) <= 4
+            return images * 2
+
+    images = np.random.default_rng(6).random((10, 8, 8, 1)).astype("float32")
+    np.testing.assert_array_equal(realism.reconstruct(Doubling(), images, batch_size=4), images * 2)
