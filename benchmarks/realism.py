@@ -224,13 +224,14 @@ def main():
     a, b = real[in_a], real[~in_a]
     generated = generate(model, len(a), args)
     singles = np.arange(len(generated)).astype(str)
+    reconstructions_a = reconstruct(model, a)
     result = {"benchmark": "realism", "model": args.model, "data": source.kind, "real_a": len(a), "real_b": len(b),
               "patients": len(np.unique(patients)), "generated": len(generated), "temperature": args.temperature,
               "top_k": args.top_k, "top_p": args.top_p, "keep_background": args.keep_background,
               "two_sample_accuracy": {
                   "real_vs_generated": accuracy(a, patients[in_a], generated, singles, args),
-                  "reconstructions_vs_generated": accuracy(reconstruct(model, a), patients[in_a], generated,
-                                                           singles, args)}}
+                  "reconstructions_vs_generated": accuracy(reconstructions_a, patients[in_a], generated, singles,
+                                                           args)}}
     if args.controls:
         result["two_sample_accuracy"].update({
             "real_vs_real": accuracy(a, patients[in_a], b, patients[~in_a], args),
@@ -253,10 +254,11 @@ def main():
         if not of_class.any():
             continue
         samples = generate(model, int(of_class.sum()), args, label)
-        own, own_patients, singles = a[of_class], patients[in_a][of_class], np.arange(len(samples)).astype(str)
+        own_patients, singles = patients[in_a][of_class], np.arange(len(samples)).astype(str)
         result.setdefault("per_class", {})[name] = {
-            "real_vs_generated": accuracy(own, own_patients, samples, singles, args),
-            "reconstructions_vs_generated": accuracy(reconstruct(model, own), own_patients, samples, singles, args)}
+            "real_vs_generated": accuracy(a[of_class], own_patients, samples, singles, args),
+            "reconstructions_vs_generated": accuracy(reconstructions_a[of_class], own_patients, samples, singles,
+                                                     args)}
     result["command"] = " ".join(["python", "-m", "benchmarks.realism", *sys.argv[1:]])
     if args.figure:
         accuracy_text = result["two_sample_accuracy"]["real_vs_generated"]["mean"]

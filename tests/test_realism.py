@@ -79,7 +79,6 @@ def test_held_out_and_training_slices_name_each_volumes_slices_by_their_subject(
     assert len(realism.training_slices(source, 8, limit=5)) == 5
 
 
-
 def test_reconstructions_come_in_batches_in_order():
     class Doubling:
         def reconstruct(self, images):
