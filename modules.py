@@ -458,14 +458,22 @@ class RowCausalAttention(layers.Layer):
     embedding, added back to the features (pre-norm residual).
 
     The vertical stack may see rows <= i at row i (the link to the horizontal stack is shifted one row down),
-    so masking by row keeps the prior causal, and the row-cached sampler runs it on the rows so far.
+    so masking by row keeps the prior causal, and the row-cached sampler runs it on the rows so far. For the
+    same reason `pool` columns of a row may be averaged into one token, queries and keys alike, and the
+    token's output given back to each of its columns: attention then costs about `pool`^2 times less, while
+    the convolutions keep the detail within a row. (The last token of a row averages fewer columns when `pool`
+    does not divide the grid.)
     """
 
-    def __init__(self, channels, grid_size, heads=2, **kwargs):
+    def __init__(self, channels, grid_size, heads=2, pool=1, **kwargs):
         super().__init__(**kwargs)
+        if pool < 1:
+            raise ValueError(f"pool {pool}: expected a positive number of columns")
         self.channels = channels
         self.grid_size = grid_size
         self.heads = heads
+        self.pool = pool
+        self.tokens_per_row = -(-grid_size // pool)
         self.norm = layers.LayerNormalization(name="norm")
         self.attention = layers.MultiHeadAttention(heads, key_dim=max(1, channels // heads), name="attention")
 
@@ -477,29 +485,41 @@ class RowCausalAttention(layers.Layer):
         self.attention.build((None, None, c), (None, None, c))
 
     def call(self, v):
-        n, rows, cols = ops.shape(v)[0], ops.shape(v)[1], ops.shape(v)[2]
-        flat = ops.reshape(self._normed(v), (n, rows * cols, self.channels))
-        row_of = ops.arange(rows * cols) // cols
-        visible = ops.broadcast_to(row_of[None, :, None] >= row_of[None, None, :], (n, rows * cols, rows * cols))
+        n, rows, tokens = ops.shape(v)[0], ops.shape(v)[1], self.tokens_per_row
+        flat = ops.reshape(self._tokens(v), (n, rows * tokens, self.channels))
+        row_of = ops.arange(rows * tokens) // tokens
+        visible = ops.broadcast_to(row_of[None, :, None] >= row_of[None, None, :], (n, rows * tokens, rows * tokens))
         attended = self.attention(flat, flat, attention_mask=visible)
-        return v + ops.reshape(attended, (n, rows, cols, self.channels))
+        return v + self._to_columns(ops.reshape(attended, (n, rows, tokens, self.channels)))
 
     def row_step(self, v, i):
         """`call` for row i only, [N, 1, G, C], from `v` [N, G, G, C] whose rows after i are never read (the
         cached sampler holds zeros there)."""
-        n, g = ops.shape(v)[0], self.grid_size
-        keys = ops.reshape(self._normed(v), (n, g * g, self.channels))
-        query = ops.take(keys, ops.arange(g) + i * g, axis=1)
-        visible = ops.broadcast_to((ops.arange(g * g) // g <= i)[None, None, :], (n, g, g * g))
+        n, g, tokens = ops.shape(v)[0], self.grid_size, self.tokens_per_row
+        keys = ops.reshape(self._tokens(v), (n, g * tokens, self.channels))
+        query = ops.take(keys, ops.arange(tokens) + i * tokens, axis=1)
+        visible = ops.broadcast_to((ops.arange(g * tokens) // tokens <= i)[None, None, :], (n, tokens, g * tokens))
         attended = self.attention(query, keys, attention_mask=visible)
-        return ops.take(v, ops.reshape(i, (1,)), axis=1) + attended[:, None]
+        return ops.take(v, ops.reshape(i, (1,)), axis=1) + self._to_columns(attended[:, None])
 
-    def _normed(self, v):
-        return self.norm(v + ops.cast(self.position[:ops.shape(v)[1]], v.dtype))
+    def _tokens(self, v):
+        """The normalised features with position, averaged over each `pool` columns: [N, rows, tokens, C]."""
+        normed = self.norm(v + ops.cast(self.position[:ops.shape(v)[1]], v.dtype))
+        if self.pool == 1:
+            return normed
+        n, rows, tokens = ops.shape(v)[0], ops.shape(v)[1], self.tokens_per_row
+        columns = ops.pad(normed, [[0, 0], [0, 0], [0, tokens * self.pool - self.grid_size], [0, 0]])
+        sums = ops.sum(ops.reshape(columns, (n, rows, tokens, self.pool, self.channels)), axis=3)
+        counts = [[min(self.pool, self.grid_size - self.pool * token)] for token in range(tokens)]
+        return sums / ops.convert_to_tensor(counts, sums.dtype)
+
+    def _to_columns(self, tokens):
+        """Each token's features given to each of its columns: [N, rows, G, C]."""
+        return ops.repeat(tokens, self.pool, axis=2)[:, :, :self.grid_size] if self.pool > 1 else tokens
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "grid_size": self.grid_size,
-                "heads": self.heads}
+                "heads": self.heads, "pool": self.pool}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -509,11 +529,12 @@ class GatedPixelCNN(keras.Model):
     Input: int code grids [N, G, G] (and int labels [N] when `num_classes` > 0); output: logits
     [N, G, G, num_codes]. Block dilations cycle through 1, 2, 4, ... up to half the grid, so the receptive
     field of every position covers all positions before it once there are at least log2(G) blocks.
-    `attention_layers` > 0 puts that many `RowCausalAttention` layers into the vertical stack, evenly spaced.
+    `attention_layers` > 0 puts that many `RowCausalAttention` layers into the vertical stack, evenly spaced,
+    each over tokens of `attention_pool` columns.
     """
 
     def __init__(self, num_codes=256, grid_size=32, channels=64, num_layers=10, num_classes=0, attention_layers=0,
-                 **kwargs):
+                 attention_pool=1, **kwargs):
         super().__init__(**kwargs)
         self.num_codes = num_codes
         self.grid_size = grid_size
@@ -521,6 +542,7 @@ class GatedPixelCNN(keras.Model):
         self.num_layers = num_layers
         self.num_classes = num_classes
         self.attention_layers = attention_layers
+        self.attention_pool = attention_pool
         cycle = max(1, math.ceil(math.log2(grid_size)))
         self.embedding = layers.Embedding(num_codes, channels, name="code_embedding")
         self.blocks = [GatedPixelCNNBlock(channels, dilation=2 ** (i % cycle), first=i == 0,
@@ -528,7 +550,7 @@ class GatedPixelCNN(keras.Model):
                        for i in range(num_layers)]
         # Before which blocks: the last block's vertical output reaches nothing, so attention goes earlier.
         self.attention_before = [round((k + 1) * num_layers / (attention_layers + 1)) for k in range(attention_layers)]
-        self.attentions = [RowCausalAttention(channels, grid_size, name=f"attention{k + 1}")
+        self.attentions = [RowCausalAttention(channels, grid_size, pool=attention_pool, name=f"attention{k + 1}")
                            for k in range(attention_layers)]
         self.head_hidden = layers.Conv2D(channels, 1, activation="relu", name="head_hidden")
         self.head_logits = layers.Conv2D(num_codes, 1, name="head_logits", dtype="float32")
@@ -712,7 +734,7 @@ class GatedPixelCNN(keras.Model):
     def get_config(self):
         return {**super().get_config(), "num_codes": self.num_codes, "grid_size": self.grid_size,
                 "channels": self.channels, "num_layers": self.num_layers, "num_classes": self.num_classes,
-                "attention_layers": self.attention_layers}
+                "attention_layers": self.attention_layers, "attention_pool": self.attention_pool}
 
 
 def _draw(logits, position, temperature, top_k, top_p, background, seed):

@@ -79,6 +79,9 @@ SETTINGS = (
              help="gated blocks (default: %(default)s)"),
     _setting("prior_attention", "prior", (PRIOR,), (PRIOR, "attention_layers"), type=int, default=1,
              help="self-attention layers in the prior's vertical stack, for global structure (default: %(default)s)"),
+    _setting("prior_attention_pool", "prior", (PRIOR,), (PRIOR, "attention_pool"), type=int, default=4,
+             help="columns of the code grid averaged into one attention token; 1 attends to every code, at "
+             "pool^2 times the cost of the attention (default: %(default)s)"),
     _setting("prior_learning_rate", "prior", (PRIOR,), type=float, default=3e-3,
              help="Adam learning rate of the prior (default: %(default)s)"),
     _setting("unconditional", "prior", (PRIOR,), action="store_true",

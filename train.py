@@ -69,7 +69,7 @@ def _check_args(parser, args):
     if args.image_size < 16 or args.image_size % factor:
         parser.error(f"--image-size {args.image_size}: expected a multiple of 2^downsamplings = {factor}, at least 16")
     for flag in ("num_codes", "code_dim", "channels", "batch_size", "epochs", "prior_epochs", "prior_channels",
-                 "prior_layers"):
+                 "prior_layers", "prior_attention_pool"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive integer")
     if args.num_codes < 2:

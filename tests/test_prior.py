@@ -10,11 +10,11 @@ from modules import GatedPixelCNN, GatedPixelCNNBlock, RowCausalAttention, filte
 GRID = 8
 
 
-def tiny_prior(num_classes=0, seed=0, attention_layers=0):
+def tiny_prior(num_classes=0, seed=0, attention_layers=0, attention_pool=1):
     """A small prior with random weights and biases, so that no two codes tie anywhere (as after training)."""
     keras.utils.set_random_seed(seed)
     model = GatedPixelCNN(num_codes=6, grid_size=GRID, channels=16, num_layers=3, num_classes=num_classes,
-                          attention_layers=attention_layers)
+                          attention_layers=attention_layers, attention_pool=attention_pool)
     for weight in model.weights:
         weight.assign(tf.random.normal(weight.shape, stddev=0.5))
     return model
@@ -39,9 +39,9 @@ def dependence_map(model, labels=None):
     return depends
 
 
-@pytest.mark.parametrize("num_classes, attention_layers", [(0, 0), (2, 1)])
-def test_each_position_sees_exactly_the_positions_before_it(num_classes, attention_layers):
-    model = tiny_prior(num_classes, attention_layers=attention_layers)
+@pytest.mark.parametrize("num_classes, attention_layers, attention_pool", [(0, 0, 1), (2, 1, 1), (0, 1, 4), (2, 1, 3)])
+def test_each_position_sees_exactly_the_positions_before_it(num_classes, attention_layers, attention_pool):
+    model = tiny_prior(num_classes, attention_layers=attention_layers, attention_pool=attention_pool)
     labels = tf.constant([1]) if num_classes else None
     depends = dependence_map(model, labels)
     earlier = np.tril(np.ones_like(depends), k=-1)  # q < p in raster order
@@ -56,9 +56,9 @@ def test_the_label_changes_the_output_of_a_conditional_prior():
     assert np.abs(first.numpy() - second.numpy()).max() > 1e-4
 
 
-@pytest.mark.parametrize("attention_layers", [0, 1])
-def test_cached_sampler_draws_the_same_codes_as_full_recompute(attention_layers):
-    model = tiny_prior(num_classes=2, attention_layers=attention_layers)
+@pytest.mark.parametrize("attention_layers, attention_pool", [(0, 1), (1, 1), (1, 2)])
+def test_cached_sampler_draws_the_same_codes_as_full_recompute(attention_layers, attention_pool):
+    model = tiny_prior(num_classes=2, attention_layers=attention_layers, attention_pool=attention_pool)
     labels = tf.constant([0, 1, 1])
     cached = tf.function(lambda: model.sample(3, labels, temperature=1.0, seed=7))()
     full = tf.function(lambda: model.sample(3, labels, temperature=1.0, seed=7, cached=False))()
@@ -66,13 +66,13 @@ def test_cached_sampler_draws_the_same_codes_as_full_recompute(attention_layers)
     assert len(np.unique(cached.numpy())) > 1
 
 
-@pytest.mark.parametrize("attention_layers", [0, 2])
-def test_step_by_step_logits_equal_the_full_pass(attention_layers):
+@pytest.mark.parametrize("attention_layers, attention_pool", [(0, 1), (2, 1), (1, 4)])
+def test_step_by_step_logits_equal_the_full_pass(attention_layers, attention_pool):
     """`step` from `initial_state`, fed each code in turn, gives `call`'s logits everywhere (grid 16, so that
     the ring buffers of dilations 1 to 8 wrap around)."""
     keras.utils.set_random_seed(1)
     model = GatedPixelCNN(num_codes=6, grid_size=16, channels=8, num_layers=5, num_classes=2,
-                          attention_layers=attention_layers)
+                          attention_layers=attention_layers, attention_pool=attention_pool)
     for weight in model.weights:
         weight.assign(tf.random.normal(weight.shape, stddev=0.5))
     codes = np.random.default_rng(2).integers(0, 6, (2, 16 * 16)).astype(np.int32)
@@ -96,12 +96,31 @@ def test_sampling_at_temperature_near_zero_is_greedy_decoding_by_teacher_forcing
     np.testing.assert_array_equal(sampled, greedy)
 
 
+@pytest.mark.parametrize("pool", [4, 3])
+def test_pooled_attention_attends_over_column_averages_and_gives_each_token_to_its_columns(pool):
+    """Against numpy: the attention of `pool` equals the unpooled attention over features averaged per token
+    (the last token shorter when `pool` does not divide the grid) and repeated over the token's columns."""
+    keras.utils.set_random_seed(0)
+    grid, channels = 8, 4
+    pooled = RowCausalAttention(channels, grid_size=grid, pool=pool)
+    pooled.build((None, grid, grid, channels))
+    v = tf.random.normal((2, grid, grid, channels), seed=3)
+    normed = pooled.norm(v + pooled.position).numpy()
+    starts = range(0, grid, pool)
+    means = np.stack([normed[:, :, s:s + pool].mean(axis=2) for s in starts], axis=2)  # [2, rows, tokens, C]
+    flat = means.reshape(2, -1, channels)
+    row_of = np.arange(flat.shape[1]) // len(starts)
+    attended = pooled.attention(flat, flat, attention_mask=row_of[:, None] >= row_of[None, :]).numpy()
+    expected = v.numpy() + np.repeat(attended.reshape(means.shape), pool, axis=2)[:, :, :grid]
+    np.testing.assert_allclose(pooled(v).numpy(), expected, atol=1e-5)
+
+
 def test_get_config_round_trip():
     block = GatedPixelCNNBlock(8, dilation=4, first=True, num_classes=3)
     assert GatedPixelCNNBlock.from_config(block.get_config()).get_config() == block.get_config()
-    attention = RowCausalAttention(8, grid_size=4, heads=2)
+    attention = RowCausalAttention(8, grid_size=4, heads=2, pool=2)
     assert RowCausalAttention.from_config(attention.get_config()).get_config() == attention.get_config()
-    model = tiny_prior(num_classes=2, attention_layers=1)
+    model = tiny_prior(num_classes=2, attention_layers=1, attention_pool=4)
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     assert clone.get_config() == model.get_config()
 
