@@ -82,6 +82,8 @@ SETTINGS = (
     _setting("prior_attention_pool", "prior", (PRIOR,), (PRIOR, "attention_pool"), type=int, default=4,
              help="columns of the code grid averaged into one attention token; 1 attends to every code, at "
              "pool^2 times the cost of the attention (default: %(default)s)"),
+    _setting("prior_batch_size", "prior", (PRIOR,), type=int,
+             help="code grids per step of the prior (default: --batch-size)"),
     _setting("prior_learning_rate", "prior", (PRIOR,), type=float, default=3e-3,
              help="Adam learning rate of the prior (default: %(default)s)"),
     _setting("unconditional", "prior", (PRIOR,), action="store_true",

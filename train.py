@@ -63,13 +63,15 @@ def parse_args(argv=None):
 
 
 def _check_args(parser, args):
+    if args.prior_batch_size is None:
+        args.prior_batch_size = args.batch_size
     factor = 2 ** args.downsamplings
     if args.downsamplings < 1:
         parser.error(f"--downsamplings {args.downsamplings}: expected 1 or more")
     if args.image_size < 16 or args.image_size % factor:
         parser.error(f"--image-size {args.image_size}: expected a multiple of 2^downsamplings = {factor}, at least 16")
     for flag in ("num_codes", "code_dim", "channels", "batch_size", "epochs", "prior_epochs", "prior_channels",
-                 "prior_layers", "prior_attention_pool"):
+                 "prior_layers", "prior_attention_pool", "prior_batch_size"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive integer")
     if args.num_codes < 2:
@@ -104,8 +106,10 @@ def configure_hardware(args):
         strategy = tf.distribute.MirroredStrategy()
     else:
         strategy = tf.distribute.get_strategy()
-    if args.batch_size % strategy.num_replicas_in_sync:
-        fail(f"--batch-size {args.batch_size}: expected a multiple of the {strategy.num_replicas_in_sync} replicas")
+    for flag in ("batch_size", "prior_batch_size"):
+        if getattr(args, flag) % strategy.num_replicas_in_sync:
+            fail(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a multiple of the "
+                 f"{strategy.num_replicas_in_sync} replicas")
     if args.deterministic:
         tf.config.experimental.enable_op_determinism()
     modern_gpus = [gpu for gpu in gpus
@@ -331,12 +335,12 @@ def load_data(args):
     return Data(source, images, dataset.fingerprint(source))
 
 
-def stage_batches(train, validate, batch_size, seed, first_epoch, epochs):
+def stage_batches(train, validate, batch_size, seed, first_epoch, epochs, flag="--batch-size"):
     """Batches of a stage: the shuffled training stream from `first_epoch` on, the validation batches, and
-    the full batches per epoch; exits if the training split is smaller than one batch."""
+    the full batches per epoch; exits if the training split is smaller than one batch (of `flag`)."""
     size = int(train.cardinality())
     if size < batch_size:
-        fail(f"--batch-size {batch_size}: the training split has only {size} images")
+        fail(f"{flag} {batch_size}: the training split has only {size} images")
     return Batches(dataset.epochs_of_batches(train, batch_size, seed, first_epoch, epochs),
                    dataset.batched(validate, batch_size), size // batch_size)
 
@@ -444,8 +448,8 @@ def train_prior(args, vqvae, data, run):
     num_classes = len(class_names) if class_names and not args.unconditional else 0
     codes = {name: encode_split(vqvae, data.decoded[name], args.batch_size) for name in ("train", "validate")}
     pairs = {name: code_pairs(*codes[name], num_classes) for name in codes}
-    batches = stage_batches(pairs["train"], pairs["validate"], args.batch_size, args.seed, state.epochs_done,
-                            args.prior_epochs)
+    batches = stage_batches(pairs["train"], pairs["validate"], args.prior_batch_size, args.seed, state.epochs_done,
+                            args.prior_epochs, "--prior-batch-size")
     sample_labels = tf.constant([i % max(num_classes, 1) for i in range(8)], tf.int32)
     with run.strategy.scope():
         prior = GatedPixelCNN(num_codes=vqvae.quantizer.num_codes, num_classes=num_classes, name="prior",
