@@ -63,8 +63,6 @@ def parse_args(argv=None):
 
 
 def _check_args(parser, args):
-    if args.prior_batch_size is None:
-        args.prior_batch_size = args.batch_size
     factor = 2 ** args.downsamplings
     if args.downsamplings < 1:
         parser.error(f"--downsamplings {args.downsamplings}: expected 1 or more")
