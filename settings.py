@@ -85,7 +85,7 @@ SETTINGS = (
     _setting("prior_batch_size", "prior", (PRIOR,), type=int, default=8,
              help="code grids per step of the prior; the prior is short of steps, and on a CPU an epoch at 8 "
              "costs what one at 16 does, with twice the steps; raise it on a GPU (default: %(default)s)"),
-    _setting("prior_learning_rate", "prior", (PRIOR,), type=float, default=2e-3,
+    _setting("prior_learning_rate", "prior", (PRIOR,), type=float, default=6e-3,
              help="Adam learning rate of the prior (default: %(default)s)"),
     _setting("unconditional", "prior", (PRIOR,), action="store_true",
              help="ignore class labels (ADNI AD/NC); by default the prior is conditional on them"),
