@@ -377,14 +377,18 @@ class GatedPixelCNNBlock(layers.Layer):
     blocks include j (mask B). Both stacks use 2x3 and 1x2 kernels dilated by `dilation`, so blocks with
     dilations 1, 2, 4, ... cover a wide grid without a blind spot. Causality comes from padding and kernel
     shapes, not from masking weights. A class embedding is added inside both gates when `num_classes` > 0.
+    `dropout` drops that fraction of the horizontal stack's gated features in training, before its output
+    convolution (the residual branch, as in PixelCNN++); sampling never drops.
     """
 
-    def __init__(self, channels, dilation=1, first=False, num_classes=0, **kwargs):
+    def __init__(self, channels, dilation=1, first=False, num_classes=0, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
         self.dilation = dilation
         self.first = first
         self.num_classes = num_classes
+        self.dropout = dropout
+        self.horizontal_dropout = layers.Dropout(dropout, name="horizontal_dropout")
         d = dilation
         self.vertical_conv = layers.Conv2D(2 * channels, (2, 3), dilation_rate=(d, d), name="vertical")
         self.horizontal_conv = layers.Conv2D(2 * channels, (1, 2), dilation_rate=(1, d), name="horizontal")
@@ -439,7 +443,7 @@ class GatedPixelCNNBlock(layers.Layer):
     def _horizontal_outputs(self, pre, h, labels):
         if self.num_classes:
             pre = pre + self.horizontal_class(labels)[:, None, None, :]
-        out = self.horizontal_out(_gate(pre))
+        out = self.horizontal_out(self.horizontal_dropout(_gate(pre)))
         return out if self.first else h + out
 
     def call(self, v, h, labels=None):
@@ -448,7 +452,7 @@ class GatedPixelCNNBlock(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "dilation": self.dilation,
-                "first": self.first, "num_classes": self.num_classes}
+                "first": self.first, "num_classes": self.num_classes, "dropout": self.dropout}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -530,11 +534,11 @@ class GatedPixelCNN(keras.Model):
     [N, G, G, num_codes]. Block dilations cycle through 1, 2, 4, ... up to half the grid, so the receptive
     field of every position covers all positions before it once there are at least log2(G) blocks.
     `attention_layers` > 0 puts that many `RowCausalAttention` layers into the vertical stack, evenly spaced,
-    each over tokens of `attention_pool` columns.
+    each over tokens of `attention_pool` columns. `dropout` is each block's (training only).
     """
 
     def __init__(self, num_codes=256, grid_size=32, channels=64, num_layers=10, num_classes=0, attention_layers=0,
-                 attention_pool=1, **kwargs):
+                 attention_pool=1, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.num_codes = num_codes
         self.grid_size = grid_size
@@ -543,10 +547,11 @@ class GatedPixelCNN(keras.Model):
         self.num_classes = num_classes
         self.attention_layers = attention_layers
         self.attention_pool = attention_pool
+        self.dropout = dropout
         cycle = max(1, math.ceil(math.log2(grid_size)))
         self.embedding = layers.Embedding(num_codes, channels, name="code_embedding")
         self.blocks = [GatedPixelCNNBlock(channels, dilation=2 ** (i % cycle), first=i == 0,
-                                          num_classes=num_classes, name=f"gated_block{i + 1}")
+                                          num_classes=num_classes, dropout=dropout, name=f"gated_block{i + 1}")
                        for i in range(num_layers)]
         # Before which blocks: the last block's vertical output reaches nothing, so attention goes earlier.
         self.attention_before = [round((k + 1) * num_layers / (attention_layers + 1)) for k in range(attention_layers)]
@@ -734,7 +739,8 @@ class GatedPixelCNN(keras.Model):
     def get_config(self):
         return {**super().get_config(), "num_codes": self.num_codes, "grid_size": self.grid_size,
                 "channels": self.channels, "num_layers": self.num_layers, "num_classes": self.num_classes,
-                "attention_layers": self.attention_layers, "attention_pool": self.attention_pool}
+                "attention_layers": self.attention_layers, "attention_pool": self.attention_pool,
+                "dropout": self.dropout}
 
 
 def _draw(logits, position, temperature, top_k, top_p, background, seed):

@@ -84,6 +84,8 @@ def _check_args(parser, args):
         parser.error(f"--max-minutes {args.max_minutes}: expected a positive number")
     if args.ssim_weight < 0:
         parser.error(f"--ssim-weight {args.ssim_weight}: expected a weight >= 0")
+    if not 0 <= args.prior_dropout < 1:
+        parser.error(f"--prior-dropout {args.prior_dropout}: expected a fraction in [0, 1)")
     if not 0 <= args.ema_decay < 1:
         parser.error(f"--ema-decay {args.ema_decay}: expected 0 (off) or a value in (0, 1)")
     if args.data is not None:  # --resume compares where the data is, however it was spelled

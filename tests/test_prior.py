@@ -115,8 +115,22 @@ def test_pooled_attention_attends_over_column_averages_and_gives_each_token_to_i
     np.testing.assert_allclose(pooled(v).numpy(), expected, atol=1e-5)
 
 
+def test_dropout_acts_in_training_only():
+    """With dropout the prior computes, outside training, exactly what the same weights without dropout do
+    (so sampling and the export are unchanged); in training it drops features, differently each call."""
+    model = tiny_prior(num_classes=2, attention_layers=1)
+    dropping = GatedPixelCNN(**{**model.get_config(), "dropout": 0.5})
+    dropping.set_weights(model.get_weights())
+    codes = tf.constant(np.random.default_rng(3).integers(0, 6, (2, GRID, GRID)), tf.int32)
+    inputs = (codes, tf.constant([0, 1]))
+    np.testing.assert_array_equal(dropping(inputs).numpy(), model(inputs).numpy())
+    first, second = dropping(inputs, training=True).numpy(), dropping(inputs, training=True).numpy()
+    assert np.abs(first - model(inputs).numpy()).max() > 1e-3
+    assert np.abs(first - second).max() > 1e-3
+
+
 def test_get_config_round_trip():
-    block = GatedPixelCNNBlock(8, dilation=4, first=True, num_classes=3)
+    block = GatedPixelCNNBlock(8, dilation=4, first=True, num_classes=3, dropout=0.1)
     assert GatedPixelCNNBlock.from_config(block.get_config()).get_config() == block.get_config()
     attention = RowCausalAttention(8, grid_size=4, heads=2, pool=2)
     assert RowCausalAttention.from_config(attention.get_config()).get_config() == attention.get_config()

@@ -143,6 +143,7 @@ def test_predict_bad_input_gives_one_line(trained, tmp_path, capsys, args, messa
     (["--ssim-weight", "-1"], "--ssim-weight -1.0: expected a weight >= 0"),
     (["--prior-batch-size", "0"], "--prior-batch-size 0: expected a positive integer"),
     (["--prior-attention-pool", "0"], "--prior-attention-pool 0: expected a positive integer"),
+    (["--prior-dropout", "1"], "--prior-dropout 1.0: expected a fraction in [0, 1)"),
     (["--dataset", "oasis"], "--dataset oasis needs --data"),
     (["--stage", "prior"], "--stage prior: no trained VQ-VAE"),
 ])
