@@ -596,7 +596,8 @@ class GatedPixelCNN(keras.Model):
             h = block.horizontal(h, link, labels)
         return self.head_logits(self.head_hidden(ops.relu(h)))
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
+        # `training` is taken so that fit() passes training=True, which the blocks' dropout reads.
         codes, labels = self._split(inputs)
         embedded = self.embedding(codes)
         return self.horizontal_logits(embedded, self.vertical_links(embedded, labels), labels)
