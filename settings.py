@@ -83,7 +83,7 @@ SETTINGS = (
              help="columns of the code grid averaged into one attention token; 1 attends to every code, at "
              "pool^2 times the cost of the attention (default: %(default)s)"),
     _setting("prior_dropout", "prior", (PRIOR,), (PRIOR, "dropout"), type=float, default=0.0,
-             help="fraction of each gated block's features dropped in training, against over-fitting on "
+             help="fraction of each gated block's horizontal features dropped in training, against over-fitting on "
              "small data (default: %(default)s)"),
     _setting("prior_batch_size", "prior", (PRIOR,), type=int, default=8,
              help="code grids per step of the prior; the prior is short of steps, and on a CPU an epoch at 8 "
