@@ -14,6 +14,8 @@ prior_step(state, position, previous) -> the next state with "logits" [N, K] add
 position at a time in raster order (previous: the codes at position - 1), which the codec runs; conditional priors add
 sample_class(n, label, temperature=1, seed=0[, top_k, top_p[, keep_background]]). `[, labels]`: conditional
 priors only.
+From this version on, texture(images, seed) -> images: the images plus one draw of the residual texture that
+the codes do not carry (`texture.DecoderTexture`), for generated slices; metadata has_texture says it is there.
 """
 
 import json
@@ -26,9 +28,9 @@ REQUIRED_ENDPOINTS = ("encode", "decode", "reconstruct", "metadata")
 METADATA_KEYS = {"image_size", "grid", "num_codes", "class_names", "has_prior"}
 
 
-def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_counts=None):
-    """Write `vqvae` (and `prior`, with the training split's `class_counts` if it is conditional) as one
-    SavedModel at `path` with the endpoints above."""
+def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_counts=None, texture=None):
+    """Write `vqvae` (and `prior`, with the training split's `class_counts` if it is conditional, and the
+    fitted `texture`) as one SavedModel at `path` with the endpoints above."""
     from keras.export import ExportArchive
 
     grid = image_size // vqvae.downsampling_factor
@@ -41,6 +43,10 @@ def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_count
     archive.add_endpoint("decode", vqvae.decode, input_signature=[specs["codes"]])
     archive.add_endpoint("reconstruct", vqvae.reconstruct, input_signature=[specs["images"]])
     archive.add_endpoint("metadata", lambda: tf.constant(metadata_json), input_signature=[])
+    if texture is not None:
+        archive.track(texture)
+        archive.add_endpoint("texture", lambda images, seed: texture(images, seed=seed),
+                             input_signature=[specs["images"], tf.TensorSpec([], tf.int32, name="seed")])
     if prior is not None:
         _add_prior_endpoints(archive, vqvae, prior, specs, class_counts, background_codes(vqvae, image_size))
     archive.write_out(str(path), verbose=False)
@@ -149,6 +155,13 @@ def sample_images(model, n, temperature=1.0, seed=0, top_k=0, top_p=1.0, keep_ba
         return endpoint(*arguments, *controls).numpy()
     except (TypeError, ValueError):  # no such concrete function: an older export
         raise ValueError("predates " + ("keep_background" if len(controls) == 3 else "top_k/top_p")) from None
+
+
+def add_texture(model, metadata, images, seed):
+    """`images` (numpy) with the export's texture drawn with `seed`, or unchanged if the export has none."""
+    if not metadata.get("has_texture"):
+        return images
+    return model.texture(tf.constant(images), tf.constant(seed)).numpy()
 
 
 def load_export(path):

@@ -34,7 +34,7 @@ import dataset
 import volumes
 from codec import SUFFIX, CodecError, PriorCodec, model_fingerprint, prior_bits
 from curves import training_curves_figure
-from export import load_export, sample_images
+from export import add_texture, load_export, sample_images
 from metrics import evaluate_reconstructions, psnr, psnr_text, ssim
 from utils import (check_output_folder, check_writable, fail, mark_as_ours, nearest_existing, save_figure,
                    write_bytes, write_json)
@@ -78,6 +78,10 @@ def parse_args(argv=None):
                         help="--temperature, --top-k and --top-p reshape only the codes of anatomy; the codes of "
                         "empty background keep the probability the prior gives them, so heads keep their size "
                         "(--no-keep-background: reshape every code; default: on)")
+    parser.add_argument("--texture", action=argparse.BooleanOptionalAction, default=True,
+                        help="give generated slices the fine texture that the codes do not carry, drawn from the "
+                        "export's model of the decoder's residual (--no-texture: the decoder's smooth mean; "
+                        "default: on, where the export has one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the data split")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="images generated at once; memory does not grow with --n (default: %(default)s)")
@@ -175,21 +179,23 @@ def generate(model, metadata, args, out):
         fail(f"--label {args.label}: expected one of {', '.join(classes)}")
     check_disk_space(out, args.n, metadata["image_size"])
     # Drawn before the folder is made: an export too old for the controls asked for stops here, writing nothing.
-    first = draw(model, classes, args, min(args.batch_size, args.n), batch_seed(args.seed, 0))
+    first = draw(model, metadata, args, min(args.batch_size, args.n), batch_seed(args.seed, 0))
     mark_as_ours(out, "predictions")
     stem = f"sample_{args.label}" if args.label else "sample"
     width = max(3, len(str(args.n - 1)))
     paths, shown = [], []
     progress = keras.utils.Progbar(args.n, unit_name="image")
     for batch, start in enumerate(range(0, args.n, args.batch_size)):
-        images = first if batch == 0 else draw(model, classes, args, min(args.batch_size, args.n - start),
+        images = first if batch == 0 else draw(model, metadata, args, min(args.batch_size, args.n - start),
                                                 batch_seed(args.seed, batch))
         for image in images:
             paths.append(out / f"{stem}_{len(paths):0{width}d}.png")
             write_bytes(paths[-1], tf.io.encode_png(tf.cast(tf.round(image * 255), tf.uint8)).numpy())
         shown.extend(images[:GRID_SIZE - len(shown)])
         progress.add(len(images))
-    title = f"{args.label or 'generated'} (temperature {args.temperature}{filter_text(args)}, seed {args.seed})"
+    texture = ", texture" if args.texture and metadata.get("has_texture") else ""
+    title = (f"{args.label or 'generated'} (temperature {args.temperature}{filter_text(args)}{texture}, "
+             f"seed {args.seed})")
     if args.n > len(shown):
         title += f": the first {len(shown)} of {args.n}"
     return grid_figure(shown, title, out / f"{stem}_grid.png"), paths
@@ -393,17 +399,20 @@ def batch_seed(seed, batch):
     return int(np.random.SeedSequence([seed % 2**32, batch]).generate_state(1)[0] >> 1)
 
 
-def draw(model, classes, args, count, seed):
-    """`count` images [count, S, S, 1] sampled from the export's prior (of --label's class if given)."""
+def draw(model, metadata, args, count, seed):
+    """`count` images [count, S, S, 1] sampled from the export's prior (of --label's class if given), with
+    the export's texture unless --no-texture."""
+    classes = metadata["class_names"]
     label = None if args.label is None else classes.index(args.label)
     try:
-        return sample_images(model, count, args.temperature, seed, args.top_k, args.top_p, args.keep_background,
-                             label)
+        images = sample_images(model, count, args.temperature, seed, args.top_k, args.top_p, args.keep_background,
+                               label)
     except ValueError as error:
         if "keep_background" in str(error):
             fail(f"--keep-background: the export at {args.model} predates it; retrain it, or pass "
                  f"--no-keep-background")
         fail(f"--top-k/--top-p: the export at {args.model} predates them; retrain it, or sample without them")
+    return add_texture(model, metadata, images, seed) if args.texture else images
 
 
 def grid_figure(images, title, path):

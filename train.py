@@ -43,6 +43,7 @@ from curves import training_curves_figure
 from export import export_savedmodel
 from metrics import evaluate_reconstructions, psnr_text
 from modules import GatedPixelCNN, VQVAETrainer, bits_per_code
+from texture import fit_texture
 from utils import (RunLock, atomic_directory, check_output_folder, check_writable, fail, is_ours, mark_as_ours,
                    write_json)
 
@@ -534,13 +535,15 @@ def export_run(args, run, data, vqvae, prior, metrics):
     metadata = {"image_size": args.image_size, "grid": args.image_size // vqvae.downsampling_factor,
                 "num_codes": vqvae.quantizer.num_codes, "has_prior": prior is not None,
                 "class_names": source.class_names if prior and prior.num_classes else [],
-                "class_counts": metrics.get("prior_class_counts") or []}
+                "class_counts": metrics.get("prior_class_counts") or [], "has_texture": True}
+    texture = fit_texture(vqvae, texture_slices(data.decoded["train"]))
     if run.out.exists() and not is_ours(run.out):  # it appeared while this run trained
         fail(f"--out {run.out}: a folder that this tool did not write appeared there during training; move it "
              f"away and run: {resume_command()}")
     try:
         with atomic_directory(run.out) as tmp:
-            export_savedmodel(vqvae, tmp, args.image_size, metadata, prior, metadata["class_counts"] or None)
+            export_savedmodel(vqvae, tmp, args.image_size, metadata, prior, metadata["class_counts"] or None,
+                              texture)
             vqvae.save(tmp / "model.keras")
             if prior is not None:
                 prior.save(tmp / "prior.keras")
@@ -551,6 +554,13 @@ def export_run(args, run, data, vqvae, prior, metrics):
     except OSError as error:
         fail(f"--out {run.out}: cannot write the export ({error}); the checkpoints are kept, so fix it and run: "
              f"{resume_command()}")
+
+
+def texture_slices(decoded, count=512):
+    """About `count` training images (numpy), spread over the split, to fit the decoder's texture on."""
+    total = int(decoded.cardinality())
+    every = max(1, total // count) if total > 0 else 1
+    return np.stack([image for image, _ in decoded.shard(every, 0).take(count).as_numpy_iterator()])
 
 
 def report(run, metrics):
@@ -564,7 +574,7 @@ def report(run, metrics):
               f"(uniform: {metrics['prior_uniform_bits_per_code']:.0f}); trained "
               f"{metrics['prior_train_seconds'] / 60:.1f} min")
     out = run.out
-    endpoints = "encode, decode, reconstruct" + (", sample, prior_logits, log_prob, prior_start, prior_step"
+    endpoints = "encode, decode, reconstruct, texture" + (", sample, prior_logits, log_prob, prior_start, prior_step"
                                                  if "prior_validation_bits_per_code" in metrics else "")
     print(f"SavedModel:  {out}  (tf.saved_model.load; {endpoints})")
     prior = f", {out / 'prior.keras'}" if (out / "prior.keras").exists() else ""

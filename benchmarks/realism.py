@@ -32,7 +32,7 @@ from keras import layers
 from matplotlib.figure import Figure
 
 import dataset
-from export import load_export, sample_images
+from export import add_texture, load_export, sample_images
 from metrics import ssim
 from utils import check_figure_path, fail, save_figure
 
@@ -128,18 +128,25 @@ def held_out(source, image_size, per_patient):
     return np.stack(images), np.array(patients), np.array(labels)
 
 
-def reconstruct(model, images, batch_size=64):
-    """The export's reconstructions of `images`, `batch_size` at a time."""
-    return np.concatenate([model.reconstruct(tf.constant(images[start:start + batch_size])).numpy()
-                           for start in range(0, len(images), batch_size)])
+def reconstruct(model, images, batch_size=64, texture=None):
+    """The export's reconstructions of `images`, `batch_size` at a time; with the export's texture if
+    `texture` is its metadata (drawn with seeds 2000, 2001, ...)."""
+    batches = []
+    for batch, start in enumerate(range(0, len(images), batch_size)):
+        reconstructions = model.reconstruct(tf.constant(images[start:start + batch_size])).numpy()
+        batches.append(add_texture(model, texture, reconstructions, 2000 + batch) if texture else reconstructions)
+    return np.concatenate(batches)
 
 
 def generate(model, n, args, label=None, batch_size=64):
     """`n` generated images with the sampling settings of `args`, `batch_size` at a time (of class `label` if
-    given)."""
-    return np.concatenate([sample_images(model, min(batch_size, n - start), args.temperature, 1000 + batch,
-                                         args.top_k, args.top_p, args.keep_background, label)
-                           for batch, start in enumerate(range(0, n, batch_size))])
+    given), with the export's texture if `args.texture` is its metadata."""
+    batches = []
+    for batch, start in enumerate(range(0, n, batch_size)):
+        images = sample_images(model, min(batch_size, n - start), args.temperature, 1000 + batch, args.top_k,
+                               args.top_p, args.keep_background, label)
+        batches.append(add_texture(model, args.texture, images, 1000 + batch) if args.texture else images)
+    return np.concatenate(batches)
 
 
 def accuracy(real, real_groups, other, other_groups, args):
@@ -197,6 +204,10 @@ def main():
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling probability (1: all codes)")
     parser.add_argument("--keep-background", action=argparse.BooleanOptionalAction, default=True,
                         help="the sampling controls reshape only the codes of anatomy, as predict.py's default")
+    parser.add_argument("--texture", action=argparse.BooleanOptionalAction, default=True,
+                        help="generated slices, and the reconstructions they are compared with for the prior "
+                        "alone, get the export's texture, as predict.py's default (--no-texture: the decoder's "
+                        "mean)")
     parser.add_argument("--no-controls", dest="controls", action="store_false",
                         help="skip the real, blurred and reconstruction controls (when comparing sampling settings "
                         "of one model, whose controls do not change)")
@@ -216,6 +227,7 @@ def main():
     if not metadata["has_prior"]:
         fail(f"--model {args.model}: this export has no prior to generate with")
     size = metadata["image_size"]
+    args.texture = metadata if args.texture and metadata.get("has_texture") else None
     source = dataset.load_source(args.data)
     # The demo's test split has 2 subjects, too few to split by patient: its generator makes 16 new ones.
     test_source = source if args.data else dataset.load_demo(seed=1, subjects=(1, 1, 16))
@@ -224,10 +236,11 @@ def main():
     a, b = real[in_a], real[~in_a]
     generated = generate(model, len(a), args)
     singles = np.arange(len(generated)).astype(str)
-    reconstructions_a = reconstruct(model, a)
+    reconstructions_a = reconstruct(model, a, texture=args.texture)
     result = {"benchmark": "realism", "model": args.model, "data": source.kind, "real_a": len(a), "real_b": len(b),
               "patients": len(np.unique(patients)), "generated": len(generated), "temperature": args.temperature,
               "top_k": args.top_k, "top_p": args.top_p, "keep_background": args.keep_background,
+              "texture": bool(args.texture),
               "two_sample_accuracy": {
                   "real_vs_generated": accuracy(a, patients[in_a], generated, singles, args),
                   "reconstructions_vs_generated": accuracy(reconstructions_a, patients[in_a], generated, singles,
@@ -237,6 +250,9 @@ def main():
             "real_vs_real": accuracy(a, patients[in_a], b, patients[~in_a], args),
             "real_vs_blurred": accuracy(a, patients[in_a], blurred(b), patients[~in_a], args),
             "real_vs_reconstructions": accuracy(a, patients[in_a], reconstruct(model, b), patients[~in_a], args)})
+        if args.texture:
+            result["two_sample_accuracy"]["real_vs_textured_reconstructions"] = accuracy(
+                a, patients[in_a], reconstruct(model, b, texture=args.texture), patients[~in_a], args)
     train = training_slices(source, size, args.memorisation_slices)
     count = args.memorisation_images
     result["memorisation"] = {

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import dataset
 import predict
 import train
+from texture import fit_texture
 from conftest import TINY, call_main, run
 
 def summary_tags(logdir):
@@ -54,7 +56,7 @@ def test_train_writes_config_metrics_and_prints_where(trained):
 
 
 def test_export_loads_without_the_project_and_matches_the_keras_models(trained, tmp_path):
-    out, _, _, _ = trained
+    out, _, data, _ = trained
     images = np.random.default_rng(0).random((3, 32, 32, 1)).astype("float32")
     np.save(tmp_path / "images.npy", images)
     script = textwrap.dedent(f"""
@@ -87,12 +89,20 @@ def test_export_loads_without_the_project_and_matches_the_keras_models(trained, 
             stepped.append(state.pop("logits").numpy())
             previous = tf.reshape(codes, (3, 64))[:, position]
         np.save("stepped.npy", np.stack(stepped, axis=1).reshape(3, 8, 8, -1))
+        np.save("textured.npy", np.stack([model.texture(x, seed).numpy() for seed in (0, 0, 1)]))
         print(model.metadata().numpy().decode())
     """)
     result = run([sys.executable, "-c", script], cwd=tmp_path, env={"PYTHONPATH": ""})
     assert result.returncode == 0, result.stderr[-3000:]
     metadata = json.loads(result.stdout.strip().splitlines()[-1])
     assert metadata["image_size"] == 32 and metadata["class_names"] == ["AD", "NC"] and metadata["has_prior"]
+    assert metadata["has_texture"]
+    # texture: a seeded draw added inside the head only, clipped to [0, 1] (what it draws: test_texture.py)
+    textured = np.load(tmp_path / "textured.npy")
+    np.testing.assert_array_equal(textured[0], textured[1])
+    background = images <= 0.1
+    np.testing.assert_array_equal(textured[0][background], images[background])
+    assert textured.min() >= 0 and textured.max() <= 1
 
     import keras
     import modules  # noqa: F401  (registers the custom classes for loading)
@@ -111,6 +121,11 @@ def test_export_loads_without_the_project_and_matches_the_keras_models(trained, 
     log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     expected = np.take_along_axis(log_softmax, codes.numpy()[..., None], -1).sum(axis=(1, 2, 3))
     np.testing.assert_allclose(np.load(tmp_path / "log_prob.npy"), expected, rtol=1e-4)
+    # The texture is fitted to the VQ-VAE's residuals on the training split.
+    training = dataset.decoded_split(dataset.load_source(str(data)).splits["train"], 32).images
+    texture = fit_texture(vqvae, train.texture_slices(training))
+    for seed in (0, 1):
+        np.testing.assert_allclose(textured[seed * 2], texture(images, seed=seed).numpy(), atol=1e-6)
 
 
 def test_predict_generates_16_images_and_a_grid(trained, tmp_path):
