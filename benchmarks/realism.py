@@ -13,6 +13,9 @@ decoder gives away (its smoothing) does not separate them, and what does is the 
 mean over generated slices of the highest SSIM to any training slice, beside the same figure for real
 held-out slices. Anatomy: head area, fraction of slices whose head touches the border, and the total-variation
 distance between head-intensity histograms. Class-conditional models also get the generated test per class.
+Generated slices carry the export's texture (texture.py), as predict.py writes them, and so do the
+reconstructions they are compared with for the prior alone; one more control tells real slices from
+reconstructions with the texture. --no-texture measures the decoder's mean instead.
 
     python -m benchmarks.realism --model saved_models/vqvae                  # the demo's export on the demo
     python -m benchmarks.realism --model saved_models/adni --data ../shared/data/ADNI
