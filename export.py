@@ -157,10 +157,8 @@ def sample_images(model, n, temperature=1.0, seed=0, top_k=0, top_p=1.0, keep_ba
         raise ValueError("predates " + ("keep_background" if len(controls) == 3 else "top_k/top_p")) from None
 
 
-def add_texture(model, metadata, images, seed):
-    """`images` (numpy) with the export's texture drawn with `seed`, or unchanged if the export has none."""
-    if not metadata.get("has_texture"):
-        return images
+def add_texture(model, images, seed):
+    """`images` (numpy) with the texture of the export `model` (metadata has_texture) drawn with `seed`."""
     return model.texture(tf.constant(images), tf.constant(seed)).numpy()
 
 

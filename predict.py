@@ -412,7 +412,7 @@ def draw(model, metadata, args, count, seed):
             fail(f"--keep-background: the export at {args.model} predates it; retrain it, or pass "
                  f"--no-keep-background")
         fail(f"--top-k/--top-p: the export at {args.model} predates them; retrain it, or sample without them")
-    return add_texture(model, metadata, images, seed) if args.texture else images
+    return add_texture(model, images, seed) if args.texture and metadata.get("has_texture") else images
 
 
 def grid_figure(images, title, path):

@@ -131,24 +131,24 @@ def held_out(source, image_size, per_patient):
     return np.stack(images), np.array(patients), np.array(labels)
 
 
-def reconstruct(model, images, batch_size=64, texture=None):
+def reconstruct(model, images, batch_size=64, texture=False):
     """The export's reconstructions of `images`, `batch_size` at a time; with the export's texture if
-    `texture` is its metadata (drawn with seeds 2000, 2001, ...)."""
+    `texture` (drawn with seeds 2000, 2001, ...)."""
     batches = []
     for batch, start in enumerate(range(0, len(images), batch_size)):
         reconstructions = model.reconstruct(tf.constant(images[start:start + batch_size])).numpy()
-        batches.append(add_texture(model, texture, reconstructions, 2000 + batch) if texture else reconstructions)
+        batches.append(add_texture(model, reconstructions, 2000 + batch) if texture else reconstructions)
     return np.concatenate(batches)
 
 
 def generate(model, n, args, label=None, batch_size=64):
     """`n` generated images with the sampling settings of `args`, `batch_size` at a time (of class `label` if
-    given), with the export's texture if `args.texture` is its metadata."""
+    given), with the export's texture if `args.texture`."""
     batches = []
     for batch, start in enumerate(range(0, n, batch_size)):
         images = sample_images(model, min(batch_size, n - start), args.temperature, 1000 + batch, args.top_k,
                                args.top_p, args.keep_background, label)
-        batches.append(add_texture(model, args.texture, images, 1000 + batch) if args.texture else images)
+        batches.append(add_texture(model, images, 1000 + batch) if args.texture else images)
     return np.concatenate(batches)
 
 
@@ -230,7 +230,7 @@ def main():
     if not metadata["has_prior"]:
         fail(f"--model {args.model}: this export has no prior to generate with")
     size = metadata["image_size"]
-    args.texture = metadata if args.texture and metadata.get("has_texture") else None
+    args.texture = args.texture and bool(metadata.get("has_texture"))
     source = dataset.load_source(args.data)
     # The demo's test split has 2 subjects, too few to split by patient: its generator makes 16 new ones.
     test_source = source if args.data else dataset.load_demo(seed=1, subjects=(1, 1, 16))
@@ -243,7 +243,7 @@ def main():
     result = {"benchmark": "realism", "model": args.model, "data": source.kind, "real_a": len(a), "real_b": len(b),
               "patients": len(np.unique(patients)), "generated": len(generated), "temperature": args.temperature,
               "top_k": args.top_k, "top_p": args.top_p, "keep_background": args.keep_background,
-              "texture": bool(args.texture),
+              "texture": args.texture,
               "two_sample_accuracy": {
                   "real_vs_generated": accuracy(a, patients[in_a], generated, singles, args),
                   "reconstructions_vs_generated": accuracy(reconstructions_a, patients[in_a], generated, singles,
