@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-PACKAGE = "brain_vqvae"
+from modules import PACKAGE
+
 MIN_PIXELS = 100  # an intensity bin with fewer head pixels borrows its neighbours' standard deviation
 
 
