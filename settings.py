@@ -72,7 +72,7 @@ SETTINGS = (
     _setting("ema_decay", "model", (VQVAE,), (VQVAE, "ema_decay"), type=float, default=0.99,
              help="EMA decay of the codebook; 0 learns it by gradient instead (default: %(default)s)"),
 
-    _setting("prior_epochs", "prior", type=int, default=10, help="epochs of the prior (default: %(default)s)"),
+    _setting("prior_epochs", "prior", type=int, default=8, help="epochs of the prior (default: %(default)s)"),
     _setting("prior_channels", "prior", (PRIOR,), (PRIOR, "channels"), type=int, default=32,
              help="prior channels (default: %(default)s)"),
     _setting("prior_layers", "prior", (PRIOR,), (PRIOR, "num_layers"), type=int, default=10,
@@ -95,7 +95,7 @@ SETTINGS = (
 
     _setting("stage", "training", default="all", choices=["all", "vqvae", "prior"],
              help="what to train; prior reuses the VQ-VAE already at --out (default: %(default)s)"),
-    _setting("epochs", "training", type=int, default=12, help="epochs of the VQ-VAE (default: %(default)s)"),
+    _setting("epochs", "training", type=int, default=10, help="epochs of the VQ-VAE (default: %(default)s)"),
     _setting("batch_size", "training", BOTH, type=int, default=16, help="images per step (default: %(default)s)"),
     _setting("learning_rate", "training", (VQVAE,), type=float, default=2e-3,
              help="Adam learning rate (default: %(default)s)"),
