@@ -95,7 +95,7 @@ SETTINGS = (
 
     _setting("stage", "training", default="all", choices=["all", "vqvae", "prior"],
              help="what to train; prior reuses the VQ-VAE already at --out (default: %(default)s)"),
-    _setting("epochs", "training", type=int, default=10, help="epochs of the VQ-VAE (default: %(default)s)"),
+    _setting("epochs", "training", type=int, default=12, help="epochs of the VQ-VAE (default: %(default)s)"),
     _setting("batch_size", "training", BOTH, type=int, default=16, help="images per step (default: %(default)s)"),
     _setting("learning_rate", "training", (VQVAE,), type=float, default=2e-3,
              help="Adam learning rate (default: %(default)s)"),
