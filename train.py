@@ -284,11 +284,13 @@ class ReconstructionImages(keras.callbacks.Callback):
 
 
 class PriorSamples(keras.callbacks.Callback):
-    """Write images decoded from codes sampled from the prior to TensorBoard every `every` epochs."""
+    """Write images decoded from codes sampled from the prior, with the decoder's texture as predict.py adds
+    it, to TensorBoard every `every` epochs."""
 
-    def __init__(self, vqvae, labels, logdir, every):
+    def __init__(self, vqvae, texture, labels, logdir, every):
         super().__init__()
         self.vqvae = vqvae
+        self.texture = texture
         self.labels = labels
         self.every = every
         self.writer = tf.summary.create_file_writer(str(Path(logdir) / "validation"))
@@ -299,7 +301,7 @@ class PriorSamples(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every and epoch + 1 != self.params["epochs"]:
             return
-        images = self.vqvae.decode(self.sample(tf.constant(epoch)))
+        images = self.texture(self.vqvae.decode(self.sample(tf.constant(epoch))), seed=epoch)
         with self.writer.as_default():
             tf.summary.image("samples", images, step=epoch, max_outputs=len(self.labels))
         self.writer.flush()
@@ -438,7 +440,7 @@ def fingerprint(vqvae):
     return hashlib.sha256(np.asarray(vqvae.quantizer.codebook).tobytes()).hexdigest()[:16]
 
 
-def train_prior(args, vqvae, data, run):
+def train_prior(args, vqvae, texture, data, run):
     """Train (or resume) the gated PixelCNN on the code grids of the train split; returns it and its metrics."""
     stage = Stage("prior", args.prior_epochs, "val_loss", "--prior-learning-rate", args.prior_learning_rate)
     stage_settings = {**settings.checkpoint_settings(args, stage.name), "vqvae_fingerprint": fingerprint(vqvae),
@@ -461,7 +463,7 @@ def train_prior(args, vqvae, data, run):
                       metrics=[keras.metrics.MeanMetricWrapper(bits_per_code, name="bits_per_code")],
                       jit_compile=run.jit)
         clock = fit_stage(prior, stage, state, batches, run,
-                          [PriorSamples(vqvae, sample_labels, run.log_folder(stage.name), every=4)])
+                          [PriorSamples(vqvae, texture, sample_labels, run.log_folder(stage.name), every=4)])
     validation = prior.evaluate(batches.validate, verbose=0, return_dict=True)
     train_labels = codes["train"][1]
     return prior, {"prior_validation_bits_per_code": validation["bits_per_code"],
@@ -496,7 +498,7 @@ def main(argv=None):
         trained = load_trained_vqvae(run.out) if args.stage == "prior" else None
         data = load_data(args)
         try:
-            vqvae, prior, metrics = train_stages(args, run, data, trained)
+            vqvae, texture, prior, metrics = train_stages(args, run, data, trained)
         except KeyboardInterrupt:
             print(f"Interrupted; the last completed epoch is saved in {run.checkpoints}/. To continue, run: "
                   f"{resume_command()}", file=sys.stderr)
@@ -504,24 +506,26 @@ def main(argv=None):
         if not run.is_chief:
             print("Training done; the chief worker writes the outputs.")
             return
-        export_run(args, run, data, vqvae, prior, metrics)
+        export_run(args, run, data, vqvae, texture, prior, metrics)
     report(run, metrics)
 
 
 def train_stages(args, run, data, trained=None):
     """Train the stages that --stage names, starting from the `trained` (VQ-VAE, metrics) for --stage prior;
-    returns the VQ-VAE, the prior (None if not trained here) and their metrics."""
+    returns the VQ-VAE, its texture fitted on the training split (None on workers other than the chief), the
+    prior (None if not trained here) and their metrics."""
     vqvae, metrics = trained or train_vqvae(args, data, run)
+    texture = fit_texture(vqvae, texture_slices(data.decoded["train"])) if run.is_chief else None
     prior = None
     if args.stage in ("all", "prior") and run.is_chief:
         # The prior over small code grids is a few percent of the work; a multi-worker run trains it on the
         # chief alone, whose local devices suffice (and Keras 3 cannot fit its nested batches there).
-        prior, prior_metrics = train_prior(args, vqvae, data, run.on_chief_alone())
+        prior, prior_metrics = train_prior(args, vqvae, texture, data, run.on_chief_alone())
         metrics.update(prior_metrics)
-    return vqvae, prior, metrics
+    return vqvae, texture, prior, metrics
 
 
-def export_run(args, run, data, vqvae, prior, metrics):
+def export_run(args, run, data, vqvae, texture, prior, metrics):
     """Write the SavedModel, the Keras models, config.json, metrics.json and the training curves to --out,
     all at once (atomically); exits with one line if --out cannot be written."""
     source = data.source
@@ -536,7 +540,6 @@ def export_run(args, run, data, vqvae, prior, metrics):
                 "num_codes": vqvae.quantizer.num_codes, "has_prior": prior is not None,
                 "class_names": source.class_names if prior and prior.num_classes else [],
                 "class_counts": metrics.get("prior_class_counts") or [], "has_texture": True}
-    texture = fit_texture(vqvae, texture_slices(data.decoded["train"]))
     if run.out.exists() and not is_ours(run.out):  # it appeared while this run trained
         fail(f"--out {run.out}: a folder that this tool did not write appeared there during training; move it "
              f"away and run: {resume_command()}")

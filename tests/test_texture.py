@@ -125,3 +125,29 @@ def test_predict_writes_the_exports_samples_with_texture_unless_told_not_to(text
         written = np.stack([np.asarray(Image.open(out / f"sample_{i:03d}.png")) for i in range(4)])
         np.testing.assert_allclose(written, np.round(images[..., 0] * 255), atol=1)
     assert np.abs(expected["--texture"] - expected["--no-texture"]).mean() > 0.05
+
+
+def test_tensorboard_prior_samples_carry_the_texture(textured_export, tmp_path):
+    """train.py's PriorSamples writes what predict.py writes: decoded samples with a draw of the texture."""
+    import train
+
+    keras.utils.set_random_seed(0)
+    vqvae = VQVAETrainer(num_codes=16, code_dim=8, channels=16, res_blocks=1)
+    vqvae(tf.zeros((1, 32, 32, 1)))
+    prior = GatedPixelCNN(num_codes=16, grid_size=8, channels=8, num_layers=2)
+    prior(tf.zeros((1, 8, 8), tf.int32))
+    _, texture = textured_export
+    labels = tf.zeros(3, tf.int32)
+    callback = train.PriorSamples(vqvae, texture, labels, tmp_path, every=1)
+    callback.set_model(prior)
+    callback.set_params({"epochs": 1})
+    callback.on_train_begin()
+    callback.on_epoch_end(0)
+    [events] = tf.io.gfile.glob(str(tmp_path / "validation" / "events.out.tfevents.*"))
+    written = [tf.image.decode_png(png).numpy()[..., 0]
+               for event in tf.compat.v1.train.summary_iterator(events) for value in event.summary.value
+               if value.tag == "samples" for png in tf.make_ndarray(value.tensor)[2:]]
+    smooth = vqvae.decode(prior.sample(3, labels, seed=0)).numpy()
+    expected = texture(smooth, seed=0).numpy()[..., 0]
+    np.testing.assert_allclose(np.stack(written), np.round(expected * 255), atol=1)
+    assert np.abs(expected - smooth[..., 0]).mean() > 0.05
