@@ -178,6 +178,7 @@ def generate(model, metadata, args, out):
     if args.label is not None and args.label not in classes:
         fail(f"--label {args.label}: expected one of {', '.join(classes)}")
     check_disk_space(out, args.n, metadata["image_size"])
+    args.texture = args.texture and bool(metadata.get("has_texture"))  # exports from before it sample as before
     # Drawn before the folder is made: an export too old for the controls asked for stops here, writing nothing.
     first = draw(model, metadata, args, min(args.batch_size, args.n), batch_seed(args.seed, 0))
     mark_as_ours(out, "predictions")
@@ -193,7 +194,7 @@ def generate(model, metadata, args, out):
             write_bytes(paths[-1], tf.io.encode_png(tf.cast(tf.round(image * 255), tf.uint8)).numpy())
         shown.extend(images[:GRID_SIZE - len(shown)])
         progress.add(len(images))
-    texture = ", texture" if args.texture and metadata.get("has_texture") else ""
+    texture = ", texture" if args.texture else ""
     title = (f"{args.label or 'generated'} (temperature {args.temperature}{filter_text(args)}{texture}, "
              f"seed {args.seed})")
     if args.n > len(shown):
@@ -401,7 +402,7 @@ def batch_seed(seed, batch):
 
 def draw(model, metadata, args, count, seed):
     """`count` images [count, S, S, 1] sampled from the export's prior (of --label's class if given), with
-    the export's texture unless --no-texture."""
+    the export's texture if `args.texture`."""
     classes = metadata["class_names"]
     label = None if args.label is None else classes.index(args.label)
     try:
@@ -412,7 +413,7 @@ def draw(model, metadata, args, count, seed):
             fail(f"--keep-background: the export at {args.model} predates it; retrain it, or pass "
                  f"--no-keep-background")
         fail(f"--top-k/--top-p: the export at {args.model} predates them; retrain it, or sample without them")
-    return add_texture(model, images, seed) if args.texture and metadata.get("has_texture") else images
+    return add_texture(model, images, seed) if args.texture else images
 
 
 def grid_figure(images, title, path):

@@ -69,12 +69,14 @@ class DecoderTexture(layers.Layer):
 def _sigma_per_level(residual, level, head, bins):
     """The residual's standard deviation over the head pixels of each intensity level; levels with too few
     pixels take the value of the nearest levels that have enough (zero if none has)."""
-    counts = np.bincount(level[head], minlength=bins)
+    levels, values = level[head], residual[head].astype("float64")
+    counts = np.bincount(levels, minlength=bins)
     filled = np.flatnonzero(counts >= MIN_PIXELS)
     if not len(filled):
         return np.zeros(bins)
-    sigma = np.array([residual[head & (level == k)].std() if k in filled else 0.0 for k in range(bins)])
-    return np.interp(np.arange(bins), filled, sigma[filled])
+    mean = np.bincount(levels, values, bins)[filled] / counts[filled]
+    mean_square = np.bincount(levels, values ** 2, bins)[filled] / counts[filled]
+    return np.interp(np.arange(bins), filled, np.sqrt(np.maximum(mean_square - mean ** 2, 0.0)))
 
 
 def _filter_of(fields, size):
