@@ -13,7 +13,7 @@ from PIL import Image
 from checkpoints import CheckpointState, EpochCheckpoints
 import train
 from conftest import ROOT, call_main, run, write_adni
-from train import TrainingClock
+from callbacks import TrainingClock
 
 TINY = ["--image-size", "32", "--epochs", "3", "--batch-size", "8", "--channels", "16", "--code-dim", "8",
         "--num-codes", "16", "--res-blocks", "1", "--prior-epochs", "3", "--prior-channels", "8",
