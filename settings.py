@@ -89,8 +89,8 @@ SETTINGS = (
              help="fraction of each gated block's horizontal features dropped in training, against over-fitting on "
              "small data (default: %(default)s)"),
     _setting("prior_batch_size", "prior", (PRIOR,), type=int, default=8,
-             help="code grids per step of the prior; the prior is short of steps, and on a CPU an epoch at 8 "
-             "costs what one at 16 does, with twice the steps; raise it on a GPU (default: %(default)s)"),
+             help="code grids per step of the prior: small, because the prior learns from more steps and on a CPU "
+             "an epoch costs hardly more in smaller batches; raise it on a GPU (default: %(default)s)"),
     _setting("prior_learning_rate", "prior", (PRIOR,), type=float, default=6e-3,
              help="Adam learning rate of the prior (default: %(default)s)"),
     _setting("unconditional", "prior", (PRIOR,), action="store_true",
@@ -118,8 +118,8 @@ SETTINGS = (
              help="mixed_float16 compute (the quantizer stays float32); auto: on for GPUs of compute capability "
              "7.0 or newer, off on CPU (default: %(default)s)"),
     _setting("jit", "hardware", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
-             help="compile the training steps with XLA; auto: on with a GPU, off on CPU, where it measured "
-             "slower (default: %(default)s)"),
+             help="compile the training steps with XLA; auto: on with a GPU, off on CPU, where it is slower "
+             "(default: %(default)s)"),
 
     _setting("out", "outputs", default="saved_models/vqvae", help="SavedModel folder (default: %(default)s)"),
     _setting("logdir", "outputs", default="logs",

@@ -392,7 +392,7 @@ def train_stages(args, run, data, trained=None):
     texture = fit_texture(vqvae, texture_slices(data.decoded["train"])) if run.is_chief else None
     prior = None
     if args.stage in ("all", "prior") and run.is_chief:
-        # The prior over small code grids is a few percent of the work; a multi-worker run trains it on the
+        # The prior over small code grids is a small part of the work; a multi-worker run trains it on the
         # chief alone, whose local devices suffice (and Keras 3 cannot fit its nested batches there).
         prior, prior_metrics = train_prior(args, vqvae, texture, data, run.on_chief_alone())
         metrics.update(prior_metrics)
