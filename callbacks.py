@@ -53,6 +53,7 @@ class StopOnSignal(keras.callbacks.Callback):
             signal.signal(sig, handler)
 
     def handle(self, signum, frame):
+        """The signal handler: a first Ctrl-C asks to stop after this epoch; a second, or SIGTERM, stops now."""
         if signum == signal.SIGINT and not self.requested:
             self.requested = True
             print("\nCtrl-C: stopping once this epoch is saved (Ctrl-C again stops now, losing the epoch)",

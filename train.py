@@ -179,6 +179,8 @@ class Stage:
 
 
 Batches = collections.namedtuple("Batches", ["train", "validate", "steps_per_epoch"])
+Batches.__doc__ = """A stage's batches: the training stream of its remaining epochs, the validation batches, and the
+training steps per epoch."""
 
 
 Data = collections.namedtuple("Data", ["source", "decoded", "fingerprint"])
