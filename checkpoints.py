@@ -40,7 +40,7 @@ class CheckpointState:
         """The saved state of the stage in `folder` to continue (with `resume`), or a fresh one.
 
         A saved state continues only if it was started with the same `settings` and `data` (a fingerprint
-        of the splits, see dataset.fingerprint); if only the VQ-VAE it was trained on changed
+        of the splits, see dataset.data_fingerprint); if only the VQ-VAE it was trained on changed
         (`settings["vqvae_fingerprint"]`), the stage starts afresh. Raises ResumeError for other changes, for
         an unreadable or incomplete state, or if `required` and there is nothing to resume. A fresh state
         keeps an earlier run's checkpoints until its own first epoch is saved.

@@ -18,8 +18,8 @@ def mean_ssim(images, reconstructions):
     """Mean SSIM of a batch of images [N, H, W, C] in [0, 1]: equal to the mean of `ssim` over the batch.
 
     tf.image.ssim filters each channel with a depthwise convolution, which TensorFlow's CPU kernel runs
-    about 15 times faster on one image of N channels than on N images of one channel; so the batch is laid
-    along the channel axis, over which tf.image.ssim averages.
+    much faster on one image of N channels than on N images of one channel; so the batch is laid along the
+    channel axis, over which tf.image.ssim averages.
     """
     def batch_as_channels(x):
         shape = tf.shape(x)

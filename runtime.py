@@ -9,7 +9,7 @@ import os
 # Only warnings and errors from TensorFlow's C++ side; its info lines bury the training log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow uses oneDNN's CPU kernels by itself only on CPUs with AVX-512 VNNI or AMX; on others (AMD EPYC,
-# older Xeons) its own kernels, built without FMA, trained this model about 1.25x slower (61.2 -> 75.7
-# images/s, `TF_ENABLE_ONEDNN_OPTS=0|1 python -m benchmarks.train_speed --configs default`).
+# older Xeons) its own kernels, built without FMA, train this model markedly slower (docs/results.md;
+# `TF_ENABLE_ONEDNN_OPTS=0|1 python -m benchmarks.train_speed --configs default` measures it).
 # TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -1,13 +1,16 @@
 """Every setting of a training run, declared once: its flag, default and help, which stage's checkpoints it
 defines, and which model's constructor it goes to.
 
-train.py builds its command line from `SETTINGS`; `--resume` refuses to continue a stage whose defining
-settings changed (`checkpoint_settings`); the models are built from `model_arguments`; config.json records
-them all. A new flag is one entry here.
+train.py builds its command line from `SETTINGS` and refuses values no run can use (`check_arguments`);
+`--resume` refuses to continue a stage whose defining settings changed (`checkpoint_settings`); the models are
+built from `model_arguments`; config.json records them all. A new flag is one entry here.
 """
 
 import argparse
 import dataclasses
+import os
+
+import volumes
 
 VQVAE, PRIOR = "vqvae", "prior"
 BOTH = (VQVAE, PRIOR)
@@ -86,8 +89,8 @@ SETTINGS = (
              help="fraction of each gated block's horizontal features dropped in training, against over-fitting on "
              "small data (default: %(default)s)"),
     _setting("prior_batch_size", "prior", (PRIOR,), type=int, default=8,
-             help="code grids per step of the prior; the prior is short of steps, and on a CPU an epoch at 8 "
-             "costs what one at 16 does, with twice the steps; raise it on a GPU (default: %(default)s)"),
+             help="code grids per step of the prior: small, because the prior learns from more steps and on a CPU "
+             "an epoch costs hardly more in smaller batches; raise it on a GPU (default: %(default)s)"),
     _setting("prior_learning_rate", "prior", (PRIOR,), type=float, default=6e-3,
              help="Adam learning rate of the prior (default: %(default)s)"),
     _setting("unconditional", "prior", (PRIOR,), action="store_true",
@@ -115,8 +118,8 @@ SETTINGS = (
              help="mixed_float16 compute (the quantizer stays float32); auto: on for GPUs of compute capability "
              "7.0 or newer, off on CPU (default: %(default)s)"),
     _setting("jit", "hardware", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
-             help="compile the training steps with XLA; auto: on with a GPU, off on CPU, where it measured "
-             "slower (default: %(default)s)"),
+             help="compile the training steps with XLA; auto: on with a GPU, off on CPU, where it is slower "
+             "(default: %(default)s)"),
 
     _setting("out", "outputs", default="saved_models/vqvae", help="SavedModel folder (default: %(default)s)"),
     _setting("logdir", "outputs", default="logs",
@@ -149,3 +152,34 @@ def model_arguments(args, model):
     """Keyword arguments for `model`'s constructor (VQVAE or PRIOR) from the settings that go to it."""
     return {setting.argument[1]: getattr(args, setting.name) for setting in SETTINGS
             if setting.argument and setting.argument[0] == model}
+
+
+def check_arguments(parser, args):
+    """Refuse, with parser.error, values that no run can use; make --data absolute."""
+    factor = 2 ** args.downsamplings
+    if args.downsamplings < 1:
+        parser.error(f"--downsamplings {args.downsamplings}: expected 1 or more")
+    if args.image_size < 16 or args.image_size % factor:
+        parser.error(f"--image-size {args.image_size}: expected a multiple of 2^downsamplings = {factor}, at least 16")
+    for flag in ("num_codes", "code_dim", "channels", "batch_size", "epochs", "prior_epochs", "prior_channels",
+                 "prior_layers", "prior_attention_pool", "prior_batch_size"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive integer")
+    if args.num_codes < 2:
+        parser.error(f"--num-codes {args.num_codes}: expected at least 2")
+    if args.dataset not in ("auto", "demo") and args.data is None:
+        parser.error(f"--dataset {args.dataset} needs --data PATH")
+    try:
+        volumes.parse_slices(args.slices)
+    except ValueError as error:
+        parser.error(f"--slices {error}")
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        parser.error(f"--max-minutes {args.max_minutes}: expected a positive number")
+    if args.ssim_weight < 0:
+        parser.error(f"--ssim-weight {args.ssim_weight}: expected a weight >= 0")
+    if not 0 <= args.prior_dropout < 1:
+        parser.error(f"--prior-dropout {args.prior_dropout}: expected a fraction in [0, 1)")
+    if not 0 <= args.ema_decay < 1:
+        parser.error(f"--ema-decay {args.ema_decay}: expected 0 (off) or a value in (0, 1)")
+    if args.data is not None:  # --resume compares where the data is, however it was spelled
+        args.data = os.path.abspath(args.data)

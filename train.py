@@ -25,10 +25,8 @@ import json
 import math
 import os
 import shlex
-import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import keras
@@ -37,7 +35,7 @@ import tensorflow as tf
 
 import dataset
 import settings
-import volumes
+from callbacks import PriorSamples, ReconstructionImages, StopOnSignal, TrainingClock
 from checkpoints import CheckpointState, EpochCheckpoints, ResumeError
 from curves import training_curves_figure
 from export import export_savedmodel
@@ -59,38 +57,8 @@ def parse_args(argv=None):
     """The checked command line; with no flags it trains on the embedded demo."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _check_args(parser, args)
+    settings.check_arguments(parser, args)
     return args
-
-
-def _check_args(parser, args):
-    factor = 2 ** args.downsamplings
-    if args.downsamplings < 1:
-        parser.error(f"--downsamplings {args.downsamplings}: expected 1 or more")
-    if args.image_size < 16 or args.image_size % factor:
-        parser.error(f"--image-size {args.image_size}: expected a multiple of 2^downsamplings = {factor}, at least 16")
-    for flag in ("num_codes", "code_dim", "channels", "batch_size", "epochs", "prior_epochs", "prior_channels",
-                 "prior_layers", "prior_attention_pool", "prior_batch_size"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive integer")
-    if args.num_codes < 2:
-        parser.error(f"--num-codes {args.num_codes}: expected at least 2")
-    if args.dataset not in ("auto", "demo") and args.data is None:
-        parser.error(f"--dataset {args.dataset} needs --data PATH")
-    try:
-        volumes.parse_slices(args.slices)
-    except ValueError as error:
-        parser.error(f"--slices {error}")
-    if args.max_minutes is not None and args.max_minutes <= 0:
-        parser.error(f"--max-minutes {args.max_minutes}: expected a positive number")
-    if args.ssim_weight < 0:
-        parser.error(f"--ssim-weight {args.ssim_weight}: expected a weight >= 0")
-    if not 0 <= args.prior_dropout < 1:
-        parser.error(f"--prior-dropout {args.prior_dropout}: expected a fraction in [0, 1)")
-    if not 0 <= args.ema_decay < 1:
-        parser.error(f"--ema-decay {args.ema_decay}: expected 0 (off) or a value in (0, 1)")
-    if args.data is not None:  # --resume compares where the data is, however it was spelled
-        args.data = os.path.abspath(args.data)
 
 
 def configure_hardware(args):
@@ -211,100 +179,8 @@ class Stage:
 
 
 Batches = collections.namedtuple("Batches", ["train", "validate", "steps_per_epoch"])
-
-
-class TrainingClock(keras.callbacks.Callback):
-    """Time the training steps (not validation) and stop cleanly once `minutes` of training have passed.
-
-    `seconds` and `steps` include those of earlier sessions of a resumed run; the limit counts this one only.
-    """
-
-    def __init__(self, minutes=None, seconds=0.0, steps=0):
-        super().__init__()
-        self.limit = minutes * 60 if minutes else float("inf")
-        self.seconds = seconds
-        self.steps = steps
-        self.session_seconds = 0.0
-        self.stopped = False
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.batch_start = time.monotonic()
-
-    def on_train_batch_end(self, batch, logs=None):
-        elapsed = time.monotonic() - self.batch_start
-        self.seconds += elapsed
-        self.session_seconds += elapsed
-        self.steps += 1
-        if self.session_seconds > self.limit:
-            self.model.stop_training = True
-            self.stopped = True
-
-
-class StopOnSignal(keras.callbacks.Callback):
-    """Ctrl-C once: finish and save the epoch in progress, then stop. Ctrl-C again or SIGTERM: stop at once
-    (a KeyboardInterrupt), keeping the last completed epoch's checkpoint."""
-
-    def __init__(self):
-        super().__init__()
-        self.requested = False
-
-    def on_train_begin(self, logs=None):
-        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_train_end(self, logs=None):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def handle(self, signum, frame):
-        if signum == signal.SIGINT and not self.requested:
-            self.requested = True
-            print("\nCtrl-C: stopping once this epoch is saved (Ctrl-C again stops now, losing the epoch)",
-                  file=sys.stderr, flush=True)
-            return
-        raise KeyboardInterrupt
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.requested:
-            self.model.stop_training = True
-
-
-class ReconstructionImages(keras.callbacks.Callback):
-    """Write fixed validation images beside their reconstructions to TensorBoard after every epoch."""
-
-    def __init__(self, images, logdir):
-        super().__init__()
-        self.images = images
-        self.writer = tf.summary.create_file_writer(str(Path(logdir) / "validation"))
-
-    def on_epoch_end(self, epoch, logs=None):
-        pairs = tf.concat([self.images, self.model.reconstruct(self.images)], axis=2)
-        with self.writer.as_default():
-            tf.summary.image("inputs_and_reconstructions", pairs, step=epoch, max_outputs=len(self.images))
-        self.writer.flush()
-
-
-class PriorSamples(keras.callbacks.Callback):
-    """Write images decoded from codes sampled from the prior, with the decoder's texture as predict.py adds
-    it, to TensorBoard every `every` epochs."""
-
-    def __init__(self, vqvae, texture, labels, logdir, every):
-        super().__init__()
-        self.vqvae = vqvae
-        self.texture = texture
-        self.labels = labels
-        self.every = every
-        self.writer = tf.summary.create_file_writer(str(Path(logdir) / "validation"))
-
-    def on_train_begin(self, logs=None):
-        self.sample = tf.function(lambda seed: self.model.sample(len(self.labels), self.labels, seed=seed))
-
-    def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every and epoch + 1 != self.params["epochs"]:
-            return
-        images = self.texture(self.vqvae.decode(self.sample(tf.constant(epoch))), seed=epoch)
-        with self.writer.as_default():
-            tf.summary.image("samples", images, step=epoch, max_outputs=len(self.labels))
-        self.writer.flush()
+Batches.__doc__ = """A stage's batches: the training stream of its remaining epochs, the validation batches, and the
+training steps per epoch."""
 
 
 Data = collections.namedtuple("Data", ["source", "decoded", "fingerprint"])
@@ -335,7 +211,7 @@ def load_data(args):
         + (f" ({len(split) - decoded[name].skipped} volumes, {split.axis} slices)" if split.axis else "")
         for name, split in source.splits.items()))
     images = {name: split.images for name, split in decoded.items()}
-    return Data(source, images, dataset.fingerprint(source))
+    return Data(source, images, dataset.data_fingerprint(source))
 
 
 def stage_batches(train, validate, batch_size, seed, first_epoch, epochs, flag="--batch-size"):
@@ -435,7 +311,7 @@ def encode_split(vqvae, decoded, batch_size):
     return np.concatenate(codes), np.concatenate(labels)
 
 
-def fingerprint(vqvae):
+def vqvae_fingerprint(vqvae):
     """A short hash of the codebook: which VQ-VAE a prior's checkpoints were trained on."""
     return hashlib.sha256(np.asarray(vqvae.quantizer.codebook).tobytes()).hexdigest()[:16]
 
@@ -443,7 +319,7 @@ def fingerprint(vqvae):
 def train_prior(args, vqvae, texture, data, run):
     """Train (or resume) the gated PixelCNN on the code grids of the train split; returns it and its metrics."""
     stage = Stage("prior", args.prior_epochs, "val_loss", "--prior-learning-rate", args.prior_learning_rate)
-    stage_settings = {**settings.checkpoint_settings(args, stage.name), "vqvae_fingerprint": fingerprint(vqvae),
+    stage_settings = {**settings.checkpoint_settings(args, stage.name), "vqvae_fingerprint": vqvae_fingerprint(vqvae),
                       "dtype_policy": keras.mixed_precision.global_policy().name}
     state = run.open_checkpoints(stage.name, stage_settings, args.resume, required=args.stage == "prior",
                                  data=data.fingerprint)
@@ -518,7 +394,7 @@ def train_stages(args, run, data, trained=None):
     texture = fit_texture(vqvae, texture_slices(data.decoded["train"])) if run.is_chief else None
     prior = None
     if args.stage in ("all", "prior") and run.is_chief:
-        # The prior over small code grids is a few percent of the work; a multi-worker run trains it on the
+        # The prior over small code grids is a small part of the work; a multi-worker run trains it on the
         # chief alone, whose local devices suffice (and Keras 3 cannot fit its nested batches there).
         prior, prior_metrics = train_prior(args, vqvae, texture, data, run.on_chief_alone())
         metrics.update(prior_metrics)

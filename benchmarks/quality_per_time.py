@@ -21,10 +21,11 @@ import tensorflow as tf
 
 import dataset
 import train
+from callbacks import TrainingClock
 from metrics import mean_ssim
 
 
-class ScoreEveryMinute(train.TrainingClock):
+class ScoreEveryMinute(TrainingClock):
     """After each further minute of training steps (timed as train.py times them), the mean SSIM of the whole
     test split."""
 

@@ -35,6 +35,7 @@ from keras import layers
 from matplotlib.figure import Figure
 
 import dataset
+import demo
 from export import add_texture, load_export, sample_images
 from metrics import ssim
 from utils import check_figure_path, fail, save_figure
@@ -233,7 +234,7 @@ def main():
     args.texture = args.texture and bool(metadata.get("has_texture"))
     source = dataset.load_source(args.data)
     # The demo's test split has 2 subjects, too few to split by patient: its generator makes 16 new ones.
-    test_source = source if args.data else dataset.load_demo(seed=1, subjects=(1, 1, 16))
+    test_source = source if args.data else demo.load_demo(seed=1, subjects=(1, 1, 16))
     real, patients, labels = held_out(test_source, size, args.slices_per_patient)
     in_a = halves(patients, seed=12345)
     a, b = real[in_a], real[~in_a]

@@ -10,6 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 import dataset
+import demo
 import volumes
 from conftest import fake_slice, write_adni
 
@@ -121,6 +122,17 @@ def test_corrupt_file_is_named_or_skipped(oasis_root):
     assert skipped == 1 and len(list(decoded)) == 11
 
 
+def test_a_split_with_no_readable_file_is_refused_even_when_skipping(tmp_path):
+    files = [tmp_path / f"p{i}_1.png" for i in range(2)]
+    for file in files:
+        file.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    split = dataset.Split([str(f) for f in files], ["p0", "p1"], [-1, -1])
+    with pytest.raises(dataset.UnreadableImages, match=r"p0_1.png: not a readable .* \(and 1 more\); fix or remove"):
+        dataset.decoded_split(split, 16)
+    with pytest.raises(dataset.UnreadableImages, match="none of the 2 images could be read"):
+        dataset.decoded_split(split, 16, skip_bad=True)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "missing", "no such file"),
     (lambda p: p, "found no images"),
@@ -137,8 +149,8 @@ def test_demo_builds_offline_deterministically_as_nifti_volumes(tmp_path, monkey
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     settings = dict(seed=5, subjects=(2, 1, 1), slice_step=25, size=64)
-    source = dataset.load_demo(cache_dir=tmp_path / "a", **settings)
-    again = dataset.load_demo(cache_dir=tmp_path / "b", **settings)
+    source = demo.load_demo(cache_dir=tmp_path / "a", **settings)
+    again = demo.load_demo(cache_dir=tmp_path / "b", **settings)
     assert source.kind == "demo" and [len(set(source.splits[s].patients)) for s in dataset.SPLITS] == [2, 1, 1]
     images = images_of(source.splits["train"], 32)[0]
     assert images.shape[1:] == (32, 32, 1) and len(images) >= 8
@@ -154,13 +166,21 @@ def test_demo_builds_offline_deterministically_as_nifti_volumes(tmp_path, monkey
     assert np.abs(a.mean(0) - b.mean(0)).mean() > 0.01
 
 
+@pytest.mark.parametrize("data, layout", [(None, "auto"), (None, "demo")])
+def test_load_source_without_data_is_the_demo(tmp_path, monkeypatch, data, layout):
+    calls = []
+    monkeypatch.setattr(demo, "load_demo", lambda **kwargs: calls.append(kwargs) or "the demo")
+    assert dataset.load_source(data, layout, seed=4, cache_dir=tmp_path) == "the demo"
+    assert calls == [{"cache_dir": tmp_path, "seed": 4}]
+
+
 def test_the_demo_volumes_give_back_the_generators_slices_in_the_templates_space(tmp_path):
     settings = dict(seed=3, subjects=(1, 1, 1), slice_step=20, size=48)
-    source = dataset.load_demo(cache_dir=tmp_path, **settings)
-    template, template_affine = dataset._mni_template()
+    source = demo.load_demo(cache_dir=tmp_path, **settings)
+    template, template_affine = demo._mni_template()
     rng = np.random.default_rng(settings["seed"])
     for split in dataset.SPLITS:  # the generator makes the subjects in this order
-        made = np.stack(list(dataset._virtual_subject(template, rng, settings["slice_step"], settings["size"])))
+        made = np.stack(list(demo._virtual_subject(template, rng, settings["slice_step"], settings["size"])))
         read = (images_of(source.splits[split], settings["size"])[0][..., 0] * 255).round()
         np.testing.assert_array_equal(read, made)
         image = nib.load(source.splits[split].files[0])
@@ -168,7 +188,7 @@ def test_the_demo_volumes_give_back_the_generators_slices_in_the_templates_space
         # A pixel of the k-th slice sits, in world mm, where the generator sampled the template for it
         # (before the subject's own motion): x = nx/2 + (column - size/2) s, y = ny/2 + (size/2 - row) s.
         size, step, (nx, ny, _) = settings["size"], settings["slice_step"], template.shape
-        spacing, first = 0.8 * max(nx, ny) / size, dataset._brain_slices_of_template(template)[0]
+        spacing, first = 0.8 * max(nx, ny) / size, demo._brain_slices_of_template(template)[0]
         for row, column, k in [(0, 0, 0), (5, 40, 1), (47, 13, 2)]:
             marker = np.zeros((size, size))
             marker[row, column] = 1

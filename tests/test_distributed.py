@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from conftest import ROOT
+from conftest import ROOT, TINY, write_adni
 
 MIRRORED_SCRIPT = textwrap.dedent("""
     import json, sys
@@ -109,11 +110,6 @@ def test_quantizer_computes_in_float32_under_mixed_precision():
 
 
 def test_multiworker_run_of_two_local_workers_trains_and_the_chief_exports(tmp_path):
-    import socket
-
-    from conftest import write_adni
-    from test_robustness import TINY
-
     data = write_adni(tmp_path / "AD_NC", train_patients=4, test_patients=1, slices=4)
     ports = []
     for _ in range(2):
@@ -128,7 +124,7 @@ def test_multiworker_run_of_two_local_workers_trains_and_the_chief_exports(tmp_p
         env = {**os.environ, "TF_CONFIG": config, "TF_CPP_MIN_LOG_LEVEL": "2"}
         processes.append(subprocess.Popen(
             [sys.executable, "train.py", "--data", str(data), "--out", str(out), "--logdir", str(tmp_path / "logs"),
-             *TINY, "--epochs", "2", "--prior-epochs", "1", "--strategy", "multiworker"],
+             *TINY, "--deterministic", "--epochs", "2", "--prior-epochs", "1", "--strategy", "multiworker"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [process.communicate(timeout=600) for process in processes]
     for process, (stdout, stderr) in zip(processes, outputs):

@@ -12,12 +12,13 @@ from PIL import Image
 
 from checkpoints import CheckpointState, EpochCheckpoints
 import train
+from callbacks import TrainingClock
 from conftest import ROOT, call_main, run, write_adni
-from train import TrainingClock
+from conftest import TINY as TINY_TWO_EPOCHS
 
-TINY = ["--image-size", "32", "--epochs", "3", "--batch-size", "8", "--channels", "16", "--code-dim", "8",
-        "--num-codes", "16", "--res-blocks", "1", "--prior-epochs", "3", "--prior-channels", "8",
-        "--prior-layers", "3", "--deterministic"]
+# Three epochs a stage, so that a run can be stopped in the middle one; deterministic, so that a resumed run
+# can be compared with an uninterrupted one number for number.
+TINY = [*TINY_TWO_EPOCHS, "--epochs", "3", "--prior-epochs", "3", "--deterministic"]
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,11 @@
 """Every flag of train.py is declared once in settings.py, reaches the models, and is checked by --resume."""
 
-import argparse
-
 import pytest
 
 import settings
 from checkpoints import CheckpointState, ResumeError
 from modules import GatedPixelCNN, VQVAETrainer
-from train import build_parser
+from train import build_parser, parse_args
 from utils import write_json
 
 # Settings of the data, model and prior groups that may change between sessions of one run, and why.
@@ -26,10 +24,29 @@ def changed(value):
     return f"{value}-changed"
 
 
-def test_every_flag_of_train_is_a_declared_setting():
-    declared = {setting.name for setting in settings.SETTINGS}
-    flags = {action.dest for action in build_parser()._actions if not isinstance(action, argparse._HelpAction)}
-    assert flags == declared
+@pytest.mark.parametrize("argv, message", [
+    (["--downsamplings", "0"], "--downsamplings 0: expected 1 or more"),
+    (["--image-size", "30"], "--image-size 30: expected a multiple of 2^downsamplings = 4, at least 16"),
+    (["--image-size", "8", "--downsamplings", "1"], "--image-size 8: expected a multiple"),
+    (["--num-codes", "1"], "--num-codes 1: expected at least 2"),
+    (["--epochs", "0"], "--epochs 0: expected a positive integer"),
+    (["--prior-layers", "-1"], "--prior-layers -1: expected a positive integer"),
+    (["--dataset", "folder"], "--dataset folder needs --data PATH"),
+    (["--slices", "central:2"], "--slices 'central:2': expected all"),
+    (["--max-minutes", "0"], "--max-minutes 0.0: expected a positive number"),
+    (["--ema-decay", "1"], "--ema-decay 1.0: expected 0 (off) or a value in (0, 1)"),
+])
+def test_values_no_run_can_use_are_refused_with_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_data_is_recorded_as_an_absolute_path_and_the_defaults_pass(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert parse_args(["--data", "scans"]).data == str(tmp_path / "scans")
+    assert vars(parse_args([])) == vars(settings.defaults())
 
 
 def test_every_model_and_data_setting_is_checked_by_resume():
