@@ -69,7 +69,7 @@ def configure_hardware(args):
     gpus = tf.config.list_physical_devices("GPU")
     if args.strategy == "multiworker":
         if not os.environ.get("TF_CONFIG"):
-            fail("--strategy multiworker: set TF_CONFIG on every worker (see README, 'Several GPUs and nodes')")
+            fail("--strategy multiworker: set TF_CONFIG on every worker (see docs/gpus.md, 'Several GPUs and nodes')")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     elif args.strategy == "mirrored" or (args.strategy == "auto" and len(gpus) > 1):
         strategy = tf.distribute.MirroredStrategy()
