@@ -192,6 +192,21 @@ def test_a_folder_of_volumes_is_a_source_split_by_subject_with_labels_from_folde
     assert sum(1 for _ in decoded.images) == sum(counts) < expected
 
 
+def test_a_split_is_rebuilt_with_the_axis_slices_and_seed_the_model_recorded(tmp_path):
+    root = write_cohort(tmp_path / "cohort")
+    config = {"data": str(root), "dataset": "volumes", "seed": 3, "axis": "coronal", "slices": "central:0.5,every:2",
+              "validation_fraction": 0.1}
+    source, decoded = predict.load_split("--evaluate", str(root), "test", config, 32)
+    test = source.splits["test"]
+    assert test.patients == dataset.load_volumes(root, seed=3).splits["test"].patients
+    assert test.patients != dataset.load_volumes(root, seed=0).splits["test"].patients  # the seed matters here
+    brain = {axis: [volumes.brain_slices(volumes.read_volume(path)[0], axis) for path in test.files]
+             for axis in ("coronal", "axial")}
+    coronal = sum(len(volumes.select_slices(kept, "central:0.5,every:2")) for kept in brain["coronal"])
+    assert coronal != sum(len(volumes.select_slices(kept, "central:0.5,every:2")) for kept in brain["axial"])
+    assert sum(1 for _ in decoded) == coronal
+
+
 def test_slice_selection_keeps_the_central_fraction_and_every_kth():
     indices = list(range(10, 30))
     assert volumes.select_slices(indices, "all") == indices
@@ -241,11 +256,11 @@ def test_every_voxel_goes_back_where_it_came_from(axis):
     exactly where the model's size is the squared slice's side, nearly where it is resized."""
     volume = np.random.default_rng(1).random((12, 16, 10)).astype(np.float32)
     side = max(s for k, s in enumerate(volume.shape) if k != volumes.AXES[axis])
-    same, inputs = predict.through_slices(volume, axis, side, lambda images: images)
+    same, inputs = volumes.through_slices(volume, axis, side, lambda images: images)
     np.testing.assert_allclose(same, volume, atol=1e-6)
     assert inputs.shape == (volume.shape[volumes.AXES[axis]], side, side, 1)
     smooth = np.fromfunction(lambda x, y, z: (np.sin(x / 4) + np.cos(y / 5) + z / 10 + 2) / 5, (12, 16, 10))
-    resized, _ = predict.through_slices(smooth.astype(np.float32), axis, 64, lambda images: images)
+    resized, _ = volumes.through_slices(smooth.astype(np.float32), axis, 64, lambda images: images)
     assert np.abs(resized - smooth).mean() < 0.02
 
 
