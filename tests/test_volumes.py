@@ -1,7 +1,10 @@
 """Volumes: RAS reorientation of NIfTI and Analyze files with non-trivial affines, normalisation against
 scikit-image, brainless slices left out, subject ids from file names, and a clear error for each bad file."""
 
+import csv
 import gzip
+import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -192,19 +195,27 @@ def test_a_folder_of_volumes_is_a_source_split_by_subject_with_labels_from_folde
     assert sum(1 for _ in decoded.images) == sum(counts) < expected
 
 
-def test_a_split_is_rebuilt_with_the_axis_slices_and_seed_the_model_recorded(tmp_path):
+def test_evaluate_slices_volumes_as_the_model_was_trained(trained, tmp_path, capsys):
+    """The seed, axis and slices of the model's config.json, not the command line's --seed and defaults."""
     root = write_cohort(tmp_path / "cohort")
-    config = {"data": str(root), "dataset": "volumes", "seed": 3, "axis": "coronal", "slices": "central:0.5,every:2",
-              "validation_fraction": 0.1}
-    source, decoded = predict.load_split("--evaluate", str(root), "test", config, 32)
-    test = source.splits["test"]
-    assert test.patients == dataset.load_volumes(root, seed=3).splits["test"].patients
+    model = tmp_path / "model"
+    shutil.copytree(trained[0], model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(data=str(root), data_root=str(root), dataset="volumes", seed=3, axis="coronal",
+                  slices="central:0.5,every:2")
+    (model / "config.json").write_text(json.dumps(config))
+    test = dataset.load_volumes(root, seed=3).splits["test"]
     assert test.patients != dataset.load_volumes(root, seed=0).splits["test"].patients  # the seed matters here
-    brain = {axis: [volumes.brain_slices(volumes.read_volume(path)[0], axis) for path in test.files]
-             for axis in ("coronal", "axial")}
-    coronal = sum(len(volumes.select_slices(kept, "central:0.5,every:2")) for kept in brain["coronal"])
-    assert coronal != sum(len(volumes.select_slices(kept, "central:0.5,every:2")) for kept in brain["axial"])
-    assert sum(1 for _ in decoded) == coronal
+    counts = {axis: sum(len(volumes.select_slices(volumes.brain_slices(volumes.read_volume(path)[0], axis),
+                                                  config["slices"])) for path in test.files)
+              for axis in ("coronal", "axial")}
+    assert counts["coronal"] != counts["axial"]
+    result = call_main(predict.main, ["--model", str(model), "--evaluate", str(root), "--out", str(tmp_path / "e")],
+                       capsys)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "e" / "evaluation_test.json").read_text())["n_images"] == counts["coronal"]
+    with open(tmp_path / "e" / "evaluation_test.csv", newline="") as handle:
+        assert {row["patient"] for row in csv.DictReader(handle)} == set(test.patients)
 
 
 def test_slice_selection_keeps_the_central_fraction_and_every_kth():
