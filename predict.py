@@ -62,7 +62,9 @@ SPLIT_SETTINGS = ("data", "dataset", "seed", "axis", "slices", "validation_fract
 
 def build_parser():
     """The command line: a group of mutually exclusive modes, and the options each mode reads."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    usage = "%(prog)s [MODE] [OPTIONS]  (MODE: one of the modes --help lists; none: generate)"
+    parser = argparse.ArgumentParser(description=__doc__, usage=usage,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_argument_group("modes (at most one; without one, predict.py generates)")
     modes = group.add_mutually_exclusive_group()
     modes.add_argument("--reconstruct", metavar="DATA",
