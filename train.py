@@ -37,7 +37,7 @@ import dataset
 import settings
 from callbacks import PriorSamples, ReconstructionImages, StopOnSignal, TrainingClock
 from checkpoints import CheckpointState, EpochCheckpoints, ResumeError
-from curves import training_curves_figure
+from figures import training_curves_figure
 from export import export_savedmodel
 from metrics import evaluate_reconstructions, psnr_text
 from modules import GatedPixelCNN, VQVAETrainer, bits_per_code

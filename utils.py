@@ -3,7 +3,6 @@ files and folders written atomically, so that no reader ever sees half of one.""
 
 import contextlib
 import fcntl
-import fnmatch
 import io
 import json
 import math
@@ -18,6 +17,13 @@ def fail(message):
     """Print one line to stderr and exit with status 2 (for errors in the user's input, not our bugs)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def first_line(error):
+    """The first line of an error's message, with its type, at most 200 characters: for one-line errors that
+    quote what a library raised."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def write_json(path, data):
@@ -77,9 +83,6 @@ def atomic_directory(path):
 # Outputs that never destroy what the tool did not write
 
 MARKER = ".brain_vqvae"  # in every folder the tools create; says the folder and what the tools write in it are theirs
-# What the tools wrote before markers existed.
-LEGACY_EXPORT_FILES = ("saved_model.pb", "model.keras", "config.json", "metrics.json")
-LEGACY_PREDICTION_FILES = ("sample_*.png", "reconstructions_*.png", "evaluation_*", "training_curves.png")
 
 
 def mark_as_ours(folder, kind):
@@ -92,16 +95,8 @@ def mark_as_ours(folder, kind):
 
 
 def is_ours(folder):
-    """Whether `folder` was written by this project's tools: it has the marker, or is an export, a
-    checkpoint folder or a folder of predict.py's outputs made before markers existed."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return False
-    legacy_export = all((folder / name).is_file() for name in LEGACY_EXPORT_FILES)
-    legacy_checkpoints = any((folder / stage / "state.json").is_file() for stage in ("vqvae", "prior"))
-    legacy_predictions = all(path.is_file() and any(fnmatch.fnmatch(path.name, pattern) for pattern in
-                                                    LEGACY_PREDICTION_FILES) for path in folder.iterdir())
-    return (folder / MARKER).is_file() or legacy_export or legacy_checkpoints or legacy_predictions
+    """Whether `folder` was written by this project's tools (it has their marker)."""
+    return (Path(folder) / MARKER).is_file()
 
 
 def check_output_folder(flag, path, purpose, may_exist=True):
@@ -137,6 +132,14 @@ def nearest_existing(path):
     while not existing.exists():
         existing = existing.parent
     return existing
+
+
+def check_free_space(flag, path, needed, what):
+    """Exit with one line if `needed` bytes (of `what`) may not fit on the disk where `path` would be written."""
+    existing = nearest_existing(path)
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        fail(f"{flag}: {what} may need {needed / 1e9:.1f} GB, and {existing} has {free / 1e9:.1f} GB free")
 
 
 def check_writable(flag, path):

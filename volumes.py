@@ -1,5 +1,6 @@
 """Brain volumes as 2D slices: NIfTI (.nii, .nii.gz) and Analyze 7.5 (.hdr/.img) scans read with nibabel,
-turned to the canonical RAS orientation, intensity-normalised per volume, and sliced along one axis.
+turned to the canonical RAS orientation, intensity-normalised per volume, and sliced along one axis; and the
+round trip of a whole volume through a model, slice by slice, back into the input's voxel grid.
 
 RAS: the first voxel axis runs to the subject's Right, the second Anterior, the third Superior, whatever the
 scanner stored; so "axial" means the same slices for every file. A slice is shown as radiologists' software
@@ -7,11 +8,19 @@ in neurological convention does: axial and coronal slices with the subject's rig
 (axial) or superior (coronal, sagittal) at the top.
 """
 
+import dataclasses
+import gzip
+import math
 import re
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import tensorflow as tf
+
+import dataset  # used at call time only: dataset imports this module to read volumes
+from metrics import psnr, ssim
+from utils import first_line, write_bytes
 
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 PERCENTILES = (0.5, 99.5)  # intensities below and above map to 0 and 1: robust to a few hot or dark voxels
@@ -65,7 +74,7 @@ def read_ras(path):
         image = nib.load(str(path))
         data = np.asarray(nib.as_closest_canonical(image).dataobj, dtype=np.float32)
     except Exception as error:  # nibabel raises many kinds for damaged files (gzip, struct, value errors)
-        raise VolumeError(f"{path}: not a readable NIfTI or Analyze volume ({_first_line(error)})") from None
+        raise VolumeError(f"{path}: not a readable NIfTI or Analyze volume ({first_line(error)})") from None
     note = None
     if data.ndim == 4:
         note = f"{path}: a 4D series of {data.shape[3]} volumes; using the first"
@@ -148,6 +157,69 @@ def plane_of(image, axis):
     return np.rot90(image, k=-1)
 
 
-def _first_line(error):
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:160] if lines else ''}"
+# ----------------------------------------------------------------------------------------------------------
+# A whole volume through a model of slices
+
+
+@dataclasses.dataclass
+class RoundTrip:
+    """A volume and its reconstruction, both nibabel images in the input's voxel grid and intensity range;
+    the model's inputs [N, S, S, 1] and code grids [N, G, G]; the mean SSIM and PSNR over its brain slices."""
+
+    original: nib.Nifti1Image
+    reconstruction: nib.Nifti1Image
+    inputs: np.ndarray
+    codes: np.ndarray
+    brain_slices: int
+    ssim: float
+    psnr: float
+    note: str = None
+
+
+def through_slices(volume, axis, size, transform):
+    """(`volume` [X, Y, Z] in [0, 1] after each of its slices along `axis` went through `transform`, the model's
+    inputs [N, size, size, 1]). Slices are squared and resized exactly as the training data was, and the
+    outputs resized back (bilinear) and cropped, so the result has the volume's shape."""
+    along = AXES[axis]
+    planes = np.stack([slice_image(volume, axis, k) for k in range(volume.shape[along])])
+    rows, columns = planes.shape[1:]
+    inputs, side = dataset.square_and_resize(tf.constant(planes[..., None]), size)
+    outputs = transform(inputs.numpy())
+    squares = tf.image.resize(outputs, (side, side), method="bilinear").numpy()[..., 0]
+    top, left = (int(side) - rows) // 2, (int(side) - columns) // 2
+    back = np.clip(squares[:, top:top + rows, left:left + columns], 0.0, 1.0)
+    return np.stack([plane_of(plane, axis) for plane in back], axis=along), inputs.numpy()
+
+
+def reconstruct_volume(path, axis, image_size, model, batch_size):
+    """Encode and decode every slice of the volume at `path` along `axis` with `model` (anything with
+    encode(images) -> codes and decode(codes) -> images), `batch_size` slices at a time; a `RoundTrip`.
+    Raises VolumeError for a file that is not a usable volume (see read_volume)."""
+    image, ras, note = read_ras(path)
+    low, high = intensity_range(path, ras)
+    normalised = normalise(ras, low, high)
+    batches = max(1, math.ceil(normalised.shape[AXES[axis]] / batch_size))
+    grids = []
+
+    def encode_and_decode(images):
+        codes = [model.encode(batch).numpy() for batch in np.array_split(images, batches)]
+        grids.extend(codes)
+        return np.concatenate([model.decode(batch).numpy() for batch in codes])
+
+    reconstructed, inputs = through_slices(normalised, axis, image_size, encode_and_decode)
+    brain = brain_slices(normalised, axis)
+    originals = np.stack([slice_image(normalised, axis, k) for k in brain])[..., None]
+    reconstructions = np.stack([slice_image(reconstructed, axis, k) for k in brain])[..., None]
+    in_range = reconstructed * (high - low) + low
+    return RoundTrip(original=nib.Nifti1Image(to_stored_order(image, ras), image.affine),
+                     reconstruction=nib.Nifti1Image(to_stored_order(image, in_range).astype(np.float32),
+                                                    image.affine),
+                     inputs=inputs, codes=np.concatenate(grids), brain_slices=len(brain),
+                     ssim=float(np.mean(ssim(originals, reconstructions).numpy())),
+                     psnr=float(np.mean(psnr(originals, reconstructions).numpy())), note=note)
+
+
+def write_volume(path, image):
+    """Write a nibabel image as NIfTI at `path` (gzipped where the name ends in .gz), atomically."""
+    data = image.to_bytes()
+    write_bytes(path, gzip.compress(data) if str(path).endswith(".gz") else data)

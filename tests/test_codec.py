@@ -1,6 +1,9 @@
 """The codec: exact round trips, file sizes at the prior's ideal rate, and one clear line for every file that
 does not decode (nothing written)."""
 
+import struct
+import zlib
+
 import constriction
 import numpy as np
 import pytest
@@ -36,7 +39,19 @@ def test_round_trip_is_exact_and_files_cost_what_the_prior_says(coded):
         payload_bits = 8 * (len(data) - HEADER.size)
         # A range coder spends the ideal bits plus at most its final two 32-bit words.
         assert bits - 8 <= payload_bits <= 1.03 * bits + 64, (payload_bits, bits)
-    assert HEADER.size <= 16
+
+
+def test_the_header_holds_what_the_format_says(coded, trained):
+    """magic, version, the model's fingerprint, the image side, the label and the CRC-32 of the codes, read
+    with the layout the codec's docstring gives."""
+    codec, model, images, files, _ = coded
+    codes = model.encode(tf.constant(images)).numpy()
+    labels = prior_bits(model, codec.metadata, images)[1]
+    for data, grid, label in zip(files, codes, labels):
+        magic, version, fingerprint, side, stored_label, checksum = struct.unpack(">2sB4sHBI", data[:14])
+        assert (magic, version, side, stored_label) == (b"VQ", 1, 32, label)
+        assert fingerprint == model_fingerprint(trained[0])
+        assert checksum == zlib.crc32(grid.astype("<u2").tobytes())
 
 
 def test_the_stored_label_is_the_class_whose_prior_costs_least(coded):

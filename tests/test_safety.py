@@ -25,14 +25,9 @@ from conftest import ROOT, TINY, call_main, fake_slice, run, write_adni
 from export import sample_images
 from metrics import evaluate_reconstructions
 from test_prior import tiny_prior
-from utils import MARKER, RunLock, check_output_folder, write_json
+from utils import MARKER, RunLock, write_json
 
 QUICK = [*TINY, "--epochs", "1", "--stage", "vqvae"]
-
-
-def last_error(capsys):
-    """The last line that a failed in-process run wrote to stderr."""
-    return capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def refused(main, argv, capsys):
@@ -79,18 +74,6 @@ def test_an_export_is_replaced_by_the_next_run_on_the_same_out(trained, tmp_path
     train.main(["--data", str(data), *QUICK, "--out", str(copy), "--logdir", str(tmp_path / "logs")])
     config = json.loads((copy / "config.json").read_text())
     assert config["stage"] == "vqvae" and not (copy / "prior.keras").exists()
-
-
-def test_outputs_of_earlier_versions_count_as_the_tools_own(tmp_path, capsys):
-    predictions = tmp_path / "predictions"
-    predictions.mkdir()
-    for name in ("sample_000.png", "sample_grid.png", "evaluation_test.csv"):
-        (predictions / name).write_bytes(b"written by predict.py before markers")
-    check_output_folder("--out", predictions, "predict.py's outputs")  # accepted: returns
-    (predictions / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit):
-        check_output_folder("--out", predictions, "predict.py's outputs")
-    assert "a folder that this tool did not write" in last_error(capsys)
 
 
 # 2. One run per output.

@@ -1,7 +1,10 @@
 """Volumes: RAS reorientation of NIfTI and Analyze files with non-trivial affines, normalisation against
 scikit-image, brainless slices left out, subject ids from file names, and a clear error for each bad file."""
 
+import csv
 import gzip
+import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -192,6 +195,29 @@ def test_a_folder_of_volumes_is_a_source_split_by_subject_with_labels_from_folde
     assert sum(1 for _ in decoded.images) == sum(counts) < expected
 
 
+def test_evaluate_slices_volumes_as_the_model_was_trained(trained, tmp_path, capsys):
+    """The seed, axis and slices of the model's config.json, not the command line's --seed and defaults."""
+    root = write_cohort(tmp_path / "cohort")
+    model = tmp_path / "model"
+    shutil.copytree(trained[0], model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(data=str(root), data_root=str(root), dataset="volumes", seed=3, axis="coronal",
+                  slices="central:0.5,every:2")
+    (model / "config.json").write_text(json.dumps(config))
+    test = dataset.load_volumes(root, seed=3).splits["test"]
+    assert test.patients != dataset.load_volumes(root, seed=0).splits["test"].patients  # the seed matters here
+    counts = {axis: sum(len(volumes.select_slices(volumes.brain_slices(volumes.read_volume(path)[0], axis),
+                                                  config["slices"])) for path in test.files)
+              for axis in ("coronal", "axial")}
+    assert counts["coronal"] != counts["axial"]
+    result = call_main(predict.main, ["--model", str(model), "--evaluate", str(root), "--out", str(tmp_path / "e")],
+                       capsys)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "e" / "evaluation_test.json").read_text())["n_images"] == counts["coronal"]
+    with open(tmp_path / "e" / "evaluation_test.csv", newline="") as handle:
+        assert {row["patient"] for row in csv.DictReader(handle)} == set(test.patients)
+
+
 def test_slice_selection_keeps_the_central_fraction_and_every_kth():
     indices = list(range(10, 30))
     assert volumes.select_slices(indices, "all") == indices
@@ -241,11 +267,11 @@ def test_every_voxel_goes_back_where_it_came_from(axis):
     exactly where the model's size is the squared slice's side, nearly where it is resized."""
     volume = np.random.default_rng(1).random((12, 16, 10)).astype(np.float32)
     side = max(s for k, s in enumerate(volume.shape) if k != volumes.AXES[axis])
-    same, inputs = predict.through_slices(volume, axis, side, lambda images: images)
+    same, inputs = volumes.through_slices(volume, axis, side, lambda images: images)
     np.testing.assert_allclose(same, volume, atol=1e-6)
     assert inputs.shape == (volume.shape[volumes.AXES[axis]], side, side, 1)
     smooth = np.fromfunction(lambda x, y, z: (np.sin(x / 4) + np.cos(y / 5) + z / 10 + 2) / 5, (12, 16, 10))
-    resized, _ = predict.through_slices(smooth.astype(np.float32), axis, 64, lambda images: images)
+    resized, _ = volumes.through_slices(smooth.astype(np.float32), axis, 64, lambda images: images)
     assert np.abs(resized - smooth).mean() < 0.02
 
 
