@@ -35,7 +35,7 @@ import figures
 import volumes
 from codec import HEADER, CodecError, PriorCodec, compress_files, decompress_files, model_fingerprint, prior_bits
 from export import add_texture, load_export, sample_images
-from metrics import evaluate_reconstructions, psnr_text, ssim
+from metrics import evaluate_reconstructions, prior_scorer, psnr_text, ssim
 from utils import (check_free_space, check_output_folder, check_writable, fail, first_line, mark_as_ours,
                    save_figure, write_bytes, write_json)
 
@@ -356,30 +356,6 @@ def examples_figure(model, decoded, scores):
     reconstructions = model.reconstruct(tf.constant(images)).numpy()
     captions = [f"{name}: SSIM {scores[index]:.3f}" for name, index in picks.items()]
     return figures.reconstructions_figure(images, reconstructions, captions, captions_above=True)
-
-
-def prior_scorer(model, metadata, data_class_names):
-    """(images, labels) -> the log-likelihood of the images' codes under the export's prior; None without a
-    prior. A class-conditional prior scores an image under its own class, matched by name, and an image
-    whose class it does not know (unlabelled data, other class names) under the mixture of its classes in
-    their training proportions: log sum_c p(c) p(codes | c)."""
-    classes = metadata["class_names"]
-    if not metadata.get("has_prior"):
-        return None
-    if not classes:
-        return lambda images, labels: model.log_prob(images)
-    to_model = tf.constant([classes.index(name) if name in classes else -1 for name in data_class_names] + [-1])
-    counts = np.asarray(metadata.get("class_counts") or [1] * len(classes), np.float32)
-    log_weights = tf.constant(np.log(counts / counts.sum()))
-
-    def log_prob(images, labels):
-        per_class = tf.stack([model.log_prob(images, tf.fill(tf.shape(labels), k)) for k in range(len(classes))], 1)
-        known = tf.gather(to_model, tf.where(labels >= 0, labels, len(data_class_names)))  # -1: unknown class
-        mixture = tf.reduce_logsumexp(per_class + log_weights, axis=1)
-        own = tf.gather(per_class, tf.maximum(known, 0), batch_dims=1)
-        return tf.where(known >= 0, own, mixture)
-
-    return log_prob
 
 
 # ----------------------------------------------------------------------------------------------------------

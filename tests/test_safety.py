@@ -23,7 +23,7 @@ import train
 from checkpoints import CheckpointState, ResumeError
 from conftest import ROOT, TINY, call_main, fake_slice, run, write_adni
 from export import sample_images
-from metrics import evaluate_reconstructions
+from metrics import evaluate_reconstructions, prior_scorer
 from test_prior import tiny_prior
 from utils import MARKER, RunLock, write_json
 
@@ -381,7 +381,7 @@ def test_a_conditional_prior_scores_unknown_classes_under_its_class_mixture():
     metadata = {"has_prior": True, "class_names": ["AD", "NC"], "class_counts": [30, 10]}
     images = tf.zeros((4, 2, 2, 1))
     # Data classes: "NC" is the model's class 1, "MCI" is unknown; -1 is an unlabelled image.
-    score = predict.prior_scorer(TwoClassExport(), metadata, ["MCI", "NC"])
+    score = prior_scorer(TwoClassExport(), metadata, ["MCI", "NC"])
     scores = score(images, tf.constant([1, 0, -1, 1])).numpy()
     mixture = np.log(0.75 * np.exp(-1.0) + 0.25 * np.exp(-3.0))
     np.testing.assert_allclose(scores, [-3.0, mixture, mixture, -3.0], rtol=1e-6)
