@@ -49,9 +49,10 @@ class UnreadableImages(DataError):
     """Image files that could not be decoded (train.py's --skip-bad skips them)."""
 
 
-Decoded = collections.namedtuple("Decoded", ["images", "skipped", "upscaled"])
-Decoded.__doc__ = """A decoded split: the (image, label) dataset, how many unreadable files were skipped, and how many
-images were smaller than the image size and so upscaled."""
+Decoded = collections.namedtuple("Decoded", ["images", "skipped", "upscaled", "origins"])
+Decoded.__doc__ = """A decoded split: the (image, label) dataset, how many unreadable files were skipped, how many
+images were smaller than the image size and so upscaled, and where each image came from, in the dataset's
+order: (file, slice index along the split's axis, or None for a 2D image)."""
 
 
 @dataclasses.dataclass
@@ -337,7 +338,8 @@ def decoded_split(split, image_size, skip_bad=False):
     _check_readable(split, bad, skip_bad, "images")
     images = decoded.map(lambda path, image, label, side: (tf.image.convert_image_dtype(image, tf.float32), label))
     images = images.apply(tf.data.experimental.assert_cardinality(len(sides)))
-    return Decoded(images, len(bad), sum(side < image_size for side in sides.values()))
+    origins = [(file, None) for file in split.files if file in sides]
+    return Decoded(images, len(bad), sum(side < image_size for side in sides.values()), origins)
 
 
 def _check_readable(split, problems, skip_bad, kind):
@@ -363,11 +365,11 @@ def _decoded_volumes(split, image_size, skip_bad):
             return volumes.VolumeError(f"{path}: no slice with brain along the {split.axis} axis"), None
         stack = np.stack([volumes.slice_image(volume, split.axis, index) for index in kept])[..., None]
         images, side = square_and_resize(tf.constant(stack), image_size)
-        return note, (tf.image.convert_image_dtype(images, tf.uint8, saturate=True).numpy(), int(side))
+        return note, (tf.image.convert_image_dtype(images, tf.uint8, saturate=True).numpy(), int(side), kept)
 
     with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
         results = list(pool.map(slices_of, split.files))
-    images, labels, sides, bad = [], [], [], []
+    images, labels, sides, bad, origins = [], [], [], [], []
     for path, label, (message, decoded) in zip(split.files, split.labels, results):
         if decoded is None:
             bad.append(message)
@@ -377,11 +379,12 @@ def _decoded_volumes(split, image_size, skip_bad):
         images.append(decoded[0])
         labels += [label] * len(decoded[0])
         sides.append(decoded[1])
+        origins += [(path, index) for index in decoded[2]]
     _check_readable(split, bad, skip_bad, "volumes")
     stacked = np.concatenate(images)
     dataset = tf.data.Dataset.from_tensor_slices((stacked, np.asarray(labels, np.int32))).cache()
     dataset = dataset.map(lambda image, label: (tf.image.convert_image_dtype(image, tf.float32), label))
-    return Decoded(dataset, len(bad), sum(side < image_size for side in sides))
+    return Decoded(dataset, len(bad), sum(side < image_size for side in sides), origins)
 
 
 def data_fingerprint(source):

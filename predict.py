@@ -181,7 +181,7 @@ def recorded_config(model):
 
 
 def load_split(flag, data, split, config, image_size):
-    """(source, decoded dataset) of one split of DATA ('demo' for the embedded demo), split as the model's
+    """(source, `dataset.Decoded`) of one split of DATA ('demo' for the embedded demo), split as the model's
     training split it: with the seed, axis, slices and validation fraction of its `config`, and its layout
     where DATA is the data it trained on (else the detected one); exits with one line on bad input."""
     given = None if data == "demo" else data
@@ -190,7 +190,7 @@ def load_split(flag, data, split, config, image_size):
     try:
         source = dataset.load_source(given, layout, seed=config["seed"], axis=config["axis"],
                                      slices=config["slices"], validation_fraction=config["validation_fraction"])
-        return source, dataset.decoded_split(source.splits[split], image_size).images
+        return source, dataset.decoded_split(source.splits[split], image_size)
     except dataset.DataError as error:
         fail(f"{flag} {error}")
 
@@ -303,7 +303,7 @@ def reconstruct_figure(model, metadata, args, out):
     """Write a figure of up to MAX_SHOWN test slices above their reconstructions, each with its SSIM."""
     config = recorded_config(args.model)
     source, decoded = load_split("--reconstruct", args.reconstruct, "test", config, metadata["image_size"])
-    images = spread_picks(decoded, min(args.n, MAX_SHOWN))
+    images = spread_picks(decoded.images, min(args.n, MAX_SHOWN))
     reconstructions = model.reconstruct(tf.constant(images)).numpy()
     scores = ssim(images, reconstructions).numpy()
     title = f"{source.kind} test slices (top) and reconstructions (bottom); mean SSIM {scores.mean():.3f}"
@@ -320,7 +320,7 @@ def evaluate_split(model, metadata, args, out):
     config = recorded_config(args.model)
     source, decoded = load_split("--evaluate", args.evaluate, args.split, config, metadata["image_size"])
     log_prob = prior_scorer(model, metadata, source.class_names)
-    summary, per_image, counts = evaluate_reconstructions(model, dataset.batched(decoded, 32),
+    summary, per_image, counts = evaluate_reconstructions(model, dataset.batched(decoded.images, 32),
                                                          metadata["num_codes"], log_prob)
     summary.update(data=source.root, source=source.kind, split=args.split, model=str(args.model))
     mark_as_ours(out, "predictions")
@@ -330,19 +330,23 @@ def evaluate_split(model, metadata, args, out):
              "codebook": out / f"evaluation_{args.split}_codebook_usage.png"}
     paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
     write_json(paths["metrics"], summary)
-    write_bytes(paths["csv"], per_image_csv(source, source.splits[args.split], per_image).encode())
-    save_figure(examples_figure(model, decoded, per_image["ssim"]), paths["examples"], dpi=100,
+    write_bytes(paths["csv"], per_image_csv(source, source.splits[args.split], decoded.origins, per_image).encode())
+    save_figure(examples_figure(model, decoded.images, per_image["ssim"]), paths["examples"], dpi=100,
                 bbox_inches="tight")
     save_figure(figures.codebook_figure(counts), paths["codebook"], dpi=100, bbox_inches="tight")
     return summary, paths
 
 
-def per_image_csv(source, split, per_image):
-    """The text of a CSV with one row per image of `split`: file, patient, class name and each metric."""
-    rows = [["file", "patient", "label", *per_image]]
-    for row, (file, patient, label) in enumerate(zip(split.files, split.patients, split.labels)):
+def per_image_csv(source, split, origins, per_image):
+    """The text of a CSV with one row per image of `split`, in the order of its `origins` (file, slice index
+    or None): file, slice, patient, class name and each metric."""
+    of_file = {file: (patient, label) for file, patient, label in zip(split.files, split.patients, split.labels)}
+    rows = [["file", "slice", "patient", "label", *per_image]]
+    for row, (file, index) in enumerate(origins):
+        patient, label = of_file[file]
         name = source.class_names[label] if label >= 0 and source.class_names else ""
-        rows.append([file, patient, name, *(f"{values[row]:.6g}" for values in per_image.values())])
+        rows.append([file, "" if index is None else index, patient, name,
+                     *(f"{values[row]:.6g}" for values in per_image.values())])
     text = io.StringIO(newline="")
     csv.writer(text).writerows(rows)
     return text.getvalue()

@@ -264,7 +264,7 @@ def test_predict_evaluate_writes_metrics_csv_and_figures(trained, tmp_path):
     trained_metrics = json.loads((out / "metrics.json").read_text())
     assert abs(metrics["ssim_mean"] - trained_metrics["ssim_mean"]) < 1e-4
     rows = (tmp_path / "e" / "evaluation_test.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 16 and rows[0].startswith("file,patient,label,ssim,psnr,mse")
+    assert len(rows) == 1 + 16 and rows[0].startswith("file,slice,patient,label,ssim,psnr,mse")
     for figure in ("evaluation_test_examples.png", "evaluation_test_codebook_usage.png"):
         assert (tmp_path / "e" / figure).stat().st_size > 1000
 

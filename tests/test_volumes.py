@@ -215,7 +215,13 @@ def test_evaluate_slices_volumes_as_the_model_was_trained(trained, tmp_path, cap
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "e" / "evaluation_test.json").read_text())["n_images"] == counts["coronal"]
     with open(tmp_path / "e" / "evaluation_test.csv", newline="") as handle:
-        assert {row["patient"] for row in csv.DictReader(handle)} == set(test.patients)
+        rows = list(csv.DictReader(handle))
+    assert {row["patient"] for row in rows} == set(test.patients)
+    # One row per slice, naming the volume and the slice it came from.
+    assert [(row["file"], int(row["slice"])) for row in rows] == [
+        (path, index) for path in test.files
+        for index in volumes.select_slices(volumes.brain_slices(volumes.read_volume(path)[0], "coronal"),
+                                           config["slices"])]
 
 
 def test_slice_selection_keeps_the_central_fraction_and_every_kth():
