@@ -21,10 +21,9 @@ import dataset
 import predict
 import train
 from checkpoints import CheckpointState, ResumeError
-from conftest import ROOT, TINY, call_main, fake_slice, run, write_adni
+from conftest import ROOT, TINY, call_main, fake_slice, run, tiny_prior, write_adni
 from export import sample_images
 from metrics import evaluate_reconstructions
-from test_prior import tiny_prior
 from utils import MARKER, RunLock, check_output_folder, write_json
 
 QUICK = [*TINY, "--epochs", "1", "--stage", "vqvae"]

@@ -6,7 +6,8 @@ import pytest
 
 import settings
 from checkpoints import CheckpointState, ResumeError
-from modules import GatedPixelCNN, VQVAETrainer
+from modules import VQVAETrainer
+from prior import GatedPixelCNN
 from train import build_parser
 from utils import write_json
 

@@ -12,7 +12,8 @@ from scipy import signal
 import predict
 from conftest import call_main
 from export import export_savedmodel
-from modules import GatedPixelCNN, VQVAETrainer
+from modules import VQVAETrainer
+from prior import GatedPixelCNN
 from texture import DecoderTexture
 
 FILTER = np.array([[0, 1, 0], [1, 2, 1], [0, 1, 0]], "float64") / np.sqrt(8.0)  # unit norm
