@@ -17,8 +17,8 @@ from metrics import mean_ssim, perplexity, psnr
 PACKAGE = "brain_vqvae"
 
 Quantized = collections.namedtuple("Quantized", ["vectors", "indices", "loss"])
-Quantized.__doc__ = """What `VectorQuantizer.quantize_vectors` returns: the quantised vectors (straight-through gradients),
-their code indices [...] and the VQ loss."""
+Quantized.__doc__ = """What `VectorQuantizer.quantize_vectors` returns: the quantised vectors (straight-through
+gradients), their code indices [...] and the VQ loss."""
 
 
 class ArgumentsAsConfig:
