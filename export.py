@@ -1,31 +1,45 @@
-"""The SavedModel contract: what train.py exports and what any TensorFlow code can load without this project.
+"""The SavedModel contract: what train.py exports, and what any TensorFlow code can load without this project.
 
-Images are float32 [N, S, S, 1] in [0, 1]; codes are int32 [N, G, G]; labels int32 [N].
-Always: encode(images) -> codes; decode(codes) -> images; reconstruct(images) -> images;
-metadata() -> JSON string (image_size, grid, num_codes, class_names, has_prior, and from this version on
-class_counts: the training images of each class, which `sample` draws classes in proportion to).
-With a prior: sample(n, temperature=1, seed=0[, top_k, top_p[, keep_background]]) -> images (a conditional
-prior draws classes in training proportions; top_k 0 and top_p 1 keep every code, as the three-argument form
-does; keep_background True, from this version on, makes temperature, top_k and top_p reshape only the codes
-that are not those of an empty image, which keep the prior's probability: `modules.filter_logits`);
-prior_logits(codes[, labels]) -> [N, G, G, K]; log_prob(images[, labels]) -> [N], the natural-log
-likelihood of the images' codes under the prior; prior_start(n[, labels]) -> state and
-prior_step(state, position, previous) -> the next state with "logits" [N, K] added, the prior one
-position at a time in raster order (previous: the codes at position - 1), which the codec runs; conditional priors add
-sample_class(n, label, temperature=1, seed=0[, top_k, top_p[, keep_background]]). `[, labels]`: conditional
-priors only.
-From this version on, texture(images, seed) -> images: the images plus one draw of the residual texture that
-the codes do not carry (`texture.DecoderTexture`), for generated slices; metadata has_texture says it is there.
+Images are float32 [N, S, S, 1] in [0, 1]; codes int32 [N, G, G]; labels int32 [N], class indices into
+class_names. Each endpoint has one signature and every argument is required: counts, seeds, top_k, positions
+and labels are int32 scalars, temperature and top_p float32 scalars, keep_background a bool scalar.
+
+Always:
+    encode(images) -> codes
+    decode(codes) -> images
+    reconstruct(images) -> images
+    metadata() -> a JSON string: image_size, grid, num_codes, class_names, class_counts (the training images
+        of each class), has_prior, has_texture
+    texture(images, seed) -> the images plus one draw of the residual texture that the codes do not carry
+        (`texture.DecoderTexture`), for generated slices; where has_texture
+With a prior (has_prior):
+    sample(n, temperature, seed, top_k, top_p, keep_background) -> images. top_k 0 and top_p 1 keep every
+        code; keep_background True makes temperature, top_k and top_p reshape only the codes that are not
+        those of an empty image, which keep the prior's probability (`prior.filter_logits`). A conditional
+        prior draws each image's class in proportion to class_counts.
+    sample_class(n, label, temperature, seed, top_k, top_p, keep_background) -> images of one class
+        (conditional priors only)
+    prior_logits(codes[, labels]) -> logits [N, G, G, K]
+    log_prob(images[, labels]) -> [N], the natural-log likelihood of the images' codes under the prior
+    prior_start(n[, labels]) -> state
+    prior_step(state, position, previous) -> the next state with "logits" [N, K] added: the prior one position
+        at a time in raster order (previous: the codes at position - 1), which the codec runs
+`[, labels]`: an input of conditional priors only, and required there.
 """
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 REQUIRED_ENDPOINTS = ("encode", "decode", "reconstruct", "metadata")
-METADATA_KEYS = {"image_size", "grid", "num_codes", "class_names", "has_prior"}
+PRIOR_ENDPOINTS = ("sample", "prior_logits", "log_prob", "prior_start", "prior_step")
+METADATA_KEYS = ("image_size", "grid", "num_codes", "class_names", "class_counts", "has_prior", "has_texture")
+SCALARS = {"n": tf.int32, "label": tf.int32, "temperature": tf.float32, "seed": tf.int32, "top_k": tf.int32,
+           "top_p": tf.float32, "keep_background": tf.bool, "position": tf.int32}
+SAMPLING = ("temperature", "seed", "top_k", "top_p", "keep_background")
 
 
 def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_counts=None, texture=None):
@@ -35,7 +49,8 @@ def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_count
 
     grid = image_size // vqvae.downsampling_factor
     specs = {"images": tf.TensorSpec([None, image_size, image_size, 1], tf.float32, name="images"),
-             "codes": tf.TensorSpec([None, grid, grid], tf.int32, name="codes")}
+             "codes": tf.TensorSpec([None, grid, grid], tf.int32, name="codes"),
+             **{name: tf.TensorSpec([], dtype, name=name) for name, dtype in SCALARS.items()}}
     metadata_json = json.dumps(metadata, sort_keys=True)
     archive = ExportArchive()
     archive.track(vqvae)
@@ -46,9 +61,11 @@ def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_count
     if texture is not None:
         archive.track(texture)
         archive.add_endpoint("texture", lambda images, seed: texture(images, seed=seed),
-                             input_signature=[specs["images"], tf.TensorSpec([], tf.int32, name="seed")])
+                             input_signature=[specs["images"], specs["seed"]])
     if prior is not None:
-        _add_prior_endpoints(archive, vqvae, prior, specs, class_counts, background_codes(vqvae, image_size))
+        archive.track(prior)
+        _add_sampling_endpoints(archive, vqvae, prior, specs, class_counts, background_codes(vqvae, image_size))
+        _add_scoring_endpoints(archive, vqvae, prior, specs)
     archive.write_out(str(path), verbose=False)
 
 
@@ -59,52 +76,42 @@ def background_codes(vqvae, image_size):
     return np.isin(np.arange(vqvae.quantizer.num_codes), codes)
 
 
-def _add_prior_endpoints(archive, vqvae, prior, specs, class_counts, background):
-    """sample, prior_logits and log_prob, with a labels input where the prior is conditional, and
-    sample_class for conditional priors; `background` marks the codes that keep_background leaves alone."""
-    archive.track(prior)
-    conditional = bool(prior.num_classes)
-    scalar = {name: tf.TensorSpec([], dtype, name=name) for name, dtype in
-              (("n", tf.int32), ("label", tf.int32), ("temperature", tf.float32), ("seed", tf.int32),
-               ("top_k", tf.int32), ("top_p", tf.float32), ("keep_background", tf.bool))}
-    with_labels = [tf.TensorSpec([None], tf.int32, name="labels")] if conditional else []
+def _add_sampling_endpoints(archive, vqvae, prior, specs, class_counts, background):
+    """sample, and sample_class for a conditional prior; `background` marks the codes that keep_background
+    leaves alone."""
     # ExportArchive traces endpoints without AutoGraph; the sampler's loops need it. XLA compiles the whole
-    # cached loop (about 3 times faster than without it on a CPU).
+    # cached loop, which runs much faster than the loop op by op.
     sample_codes = tf.function(prior.sample, autograph=True, jit_compile=True)
 
-    def prior_logits(codes, labels=None):
-        return prior((codes, labels) if conditional else codes)
+    def decoded_sample(n, labels, temperature, seed, top_k, top_p, keep_background):
+        marked = tf.logical_and(tf.constant(background), keep_background)
+        return vqvae.decode(sample_codes(n, labels, temperature, seed, top_k=top_k, top_p=top_p, background=marked))
 
-    def log_prob(images, labels=None):
-        codes = vqvae.encode(images)
-        log_probs = tf.nn.log_softmax(prior_logits(codes, labels), axis=-1)
-        return tf.reduce_sum(tf.gather(log_probs, codes, batch_dims=3), axis=[1, 2])
-
-    def sample(n, temperature=1.0, seed=0, top_k=0, top_p=1.0, keep_background=False):
+    def sample(n, temperature, seed, top_k, top_p, keep_background):
         labels = None
-        if conditional:
+        if prior.num_classes:
             log_weights = tf.math.log(tf.constant(class_counts, tf.float32)[None, :])
             labels = tf.random.stateless_categorical(log_weights, n, tf.stack([seed, -1]), dtype=tf.int32)[0]
-        return vqvae.decode(sample_codes(n, labels, temperature, seed, **controls(top_k, top_p, keep_background)))
+        return decoded_sample(n, labels, temperature, seed, top_k, top_p, keep_background)
 
-    def sample_class(n, label, temperature=1.0, seed=0, top_k=0, top_p=1.0, keep_background=False):
-        return vqvae.decode(sample_codes(n, tf.fill([n], label), temperature, seed,
-                                         **controls(top_k, top_p, keep_background)))
+    def sample_class(n, label, *sampling):
+        return decoded_sample(n, tf.fill([n], label), *sampling)
 
-    def controls(top_k, top_p, keep_background):
-        """Tensors even for the defaults, so that every endpoint reuses one trace of the sampler (tracing its
-        loops is what makes an export slow); no code is marked as background unless keep_background."""
-        return {"top_k": tf.convert_to_tensor(top_k, tf.int32), "top_p": tf.convert_to_tensor(top_p, tf.float32),
-                "background": tf.logical_and(tf.constant(background), keep_background)}
+    archive.add_endpoint("sample", sample, input_signature=[specs[name] for name in ("n", *SAMPLING)])
+    if prior.num_classes:
+        archive.add_endpoint("sample_class", sample_class,
+                             input_signature=[specs[name] for name in ("n", "label", *SAMPLING)])
 
-    filters = [[scalar["top_k"], scalar["top_p"]], [scalar["keep_background"]]]
-    sampling = [scalar["temperature"], scalar["seed"]]
-    archive.add_endpoint("sample", _with_and_without(sample, [scalar["n"], *sampling], *filters))
-    archive.add_endpoint("prior_logits", prior_logits, input_signature=[specs["codes"], *with_labels])
-    archive.add_endpoint("log_prob", log_prob, input_signature=[specs["images"], *with_labels])
-    state = prior_state_spec(prior)
+
+def _add_scoring_endpoints(archive, vqvae, prior, specs):
+    """prior_logits, log_prob, prior_start and prior_step, with a labels input where the prior is conditional."""
+    with_labels = [tf.TensorSpec([None], tf.int32, name="labels")] if prior.num_classes else []
+    archive.add_endpoint("prior_logits", lambda codes, labels=None: prior.logits(codes, labels),
+                         input_signature=[specs["codes"], *with_labels])
+    archive.add_endpoint("log_prob", lambda images, labels=None: prior.log_prob(vqvae.encode(images), labels),
+                         input_signature=[specs["images"], *with_labels])
     archive.add_endpoint("prior_start", lambda n, labels=None: prior.initial_state(n, labels),
-                         input_signature=[scalar["n"], *with_labels])
+                         input_signature=[specs["n"], *with_labels])
     # Compiled alone, so that every caller (the codec's encoder and decoder alike) runs the same arithmetic.
     step = tf.function(prior.step, jit_compile=True)
 
@@ -113,11 +120,8 @@ def _add_prior_endpoints(archive, vqvae, prior, specs, class_counts, background)
         return {**state, "logits": logits}  # flat: a signature's outputs cannot nest
 
     archive.add_endpoint("prior_step", prior_step,
-                         input_signature=[state, tf.TensorSpec([], tf.int32, name="position"),
+                         input_signature=[prior_state_spec(prior), specs["position"],
                                           tf.TensorSpec([None], tf.int32, name="previous")])
-    if conditional:
-        archive.add_endpoint("sample_class", _with_and_without(sample_class, [scalar["n"], scalar["label"], *sampling],
-                                                              *filters))
 
 
 def prior_state_spec(prior):
@@ -126,35 +130,13 @@ def prior_state_spec(prior):
     return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), traced.structured_outputs)
 
 
-def _with_and_without(function, signature, *optional):
-    """`function` as a tf.function callable with the `signature` arguments alone or followed by the first
-    one, two, ... groups of `optional` arguments: an endpoint that older callers use unchanged and newer ones
-    extend."""
-    function = tf.function(function)
-    function.get_concrete_function(*signature)
-    for count in range(1, len(optional) + 1):
-        function.get_concrete_function(*signature, *sum(optional[:count], []))
-    return function
-
-
 def sample_images(model, n, temperature=1.0, seed=0, top_k=0, top_p=1.0, keep_background=False, label=None):
-    """float32 [n, S, S, 1] from a loaded export's `sample` (or `sample_class` of class index `label`), called
-    in the shortest form that carries the controls: with all of them at their defaults, the three-argument
-    form every export has (keep_background changes nothing then). Raises ValueError for an export from
-    before the controls asked for."""
-    arguments = [tf.constant(n), tf.constant(temperature, tf.float32), tf.constant(seed)]
-    if label is not None:
-        arguments.insert(1, tf.constant(label))
-    endpoint = model.sample if label is None else model.sample_class
-    controls = [tf.constant(top_k), tf.constant(top_p, tf.float32)]
-    if keep_background and (temperature != 1 or top_k or top_p < 1):
-        controls.append(tf.constant(True))
-    elif not (top_k or top_p < 1):
-        controls = []
-    try:
-        return endpoint(*arguments, *controls).numpy()
-    except (TypeError, ValueError):  # no such concrete function: an older export
-        raise ValueError("predates " + ("keep_background" if len(controls) == 3 else "top_k/top_p")) from None
+    """float32 [n, S, S, 1] from a loaded export's `sample`, or its `sample_class` of class index `label`."""
+    controls = [tf.constant(temperature, tf.float32), tf.constant(seed, tf.int32), tf.constant(top_k, tf.int32),
+                tf.constant(top_p, tf.float32), tf.constant(keep_background)]
+    if label is None:
+        return model.sample(tf.constant(n, tf.int32), *controls).numpy()
+    return model.sample_class(tf.constant(n, tf.int32), tf.constant(label, tf.int32), *controls).numpy()
 
 
 def add_texture(model, images, seed):
@@ -164,7 +146,7 @@ def add_texture(model, images, seed):
 
 def load_export(path):
     """(the SavedModel at `path`, its metadata dict); raises ValueError starting with `path` if it is not
-    one of this project's exports."""
+    an export of this project, or was made by an earlier version of it."""
     path = Path(path)
     if path.is_file():
         raise ValueError(f"{path}: a file; expected the SavedModel folder that train.py writes (the folder "
@@ -181,9 +163,27 @@ def load_export(path):
         metadata = json.loads(model.metadata().numpy().decode())
     except (ValueError, UnicodeDecodeError, tf.errors.OpError) as error:
         raise ValueError(f"{path}: its metadata() is not this project's JSON ({_first_line(error)})") from None
-    if not isinstance(metadata, dict) or not METADATA_KEYS <= set(metadata):
-        raise ValueError(f"{path}: its metadata() lacks {', '.join(sorted(METADATA_KEYS))}")
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: its metadata() is not this project's JSON (not an object)")
+    missing = _missing_parts(model, metadata)
+    if missing:
+        retrain = shlex.join(["python", "train.py", "--out", str(path)])
+        raise ValueError(f"{path}: {missing}: made by an earlier version of this project; retrain it ({retrain})")
     return model, metadata
+
+
+def _missing_parts(model, metadata):
+    """What the export `model` lacks of the contract, in words ("" if nothing): metadata keys, and endpoints
+    that its metadata promises."""
+    promised = ["texture"] if metadata.get("has_texture") else []
+    if metadata.get("has_prior"):
+        promised += [*PRIOR_ENDPOINTS, *(["sample_class"] if metadata.get("class_names") else [])]
+    keys = [key for key in METADATA_KEYS if key not in metadata]
+    endpoints = [name for name in promised if not hasattr(model, name)]
+    missing = [f"metadata without {', '.join(keys)}"] if keys else []
+    if endpoints:
+        missing.append(f"no {', '.join(endpoints)} endpoint" + ("s" if len(endpoints) > 1 else ""))
+    return "; ".join(missing)
 
 
 def _first_line(error):

@@ -3,7 +3,7 @@
 Trained on squared error and SSIM, the decoder returns about the mean of the images that share a code grid:
 what varies between them (scanner noise and texture finer than a code, the residual `image - reconstruction`)
 is averaged away. Every decoded image is therefore smoother than a real scan, and a small classifier tells
-reconstructions from real slices every time (benchmarks/realism.py). `DecoderTexture` draws that residual
+reconstructions from real slices apart (benchmarks/realism.py). `DecoderTexture` draws that residual
 instead of leaving it out: Gaussian noise with the residual's spatial correlation (a small filter) and its
 standard deviation at each decoded intensity, added inside the head. It is fitted, not trained, from a few
 hundred training slices and their reconstructions. Generation adds it (predict.py, the realism benchmark);

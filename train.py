@@ -40,7 +40,8 @@ from checkpoints import CheckpointState, EpochCheckpoints, ResumeError
 from figures import training_curves_figure
 from export import export_savedmodel
 from metrics import evaluate_reconstructions, psnr_text
-from modules import GatedPixelCNN, VQVAETrainer, bits_per_code
+from modules import VQVAETrainer
+from prior import GatedPixelCNN, bits_per_code
 from texture import fit_texture
 from utils import (RunLock, atomic_directory, check_output_folder, check_writable, fail, is_ours, mark_as_ours,
                    write_json)

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 import settings
-from modules import GatedPixelCNN
+from prior import GatedPixelCNN
 
 
 def compiled_prior(channels, layers, attention, pool, jit):

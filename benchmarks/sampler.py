@@ -26,7 +26,7 @@ import tensorflow as tf
 import settings
 from codec import PriorCodec, model_fingerprint
 from export import load_export
-from modules import GatedPixelCNN
+from prior import GatedPixelCNN
 
 
 def seconds_of_second_call(function, *args):

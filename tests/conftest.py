@@ -7,11 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image, ImageDraw
 
+from prior import GatedPixelCNN
+
 ROOT = Path(__file__).resolve().parents[1]
+TINY_GRID = 8  # the code grid of `tiny_prior`
 
 
 def fake_slice(rng, width=256, height=256):
@@ -23,6 +28,16 @@ def fake_slice(rng, width=256, height=256):
     draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=int(rng.integers(150, 230)))
     draw.ellipse([cx - rx // 3, cy - ry // 3, cx + rx // 3, cy + ry // 3], fill=int(rng.integers(30, 90)))
     return image
+
+
+def tiny_prior(num_classes=0, seed=0, attention_layers=0, attention_pool=1, dropout=0.0):
+    """A small prior with random weights and biases, so that no two codes tie anywhere (as after training)."""
+    keras.utils.set_random_seed(seed)
+    model = GatedPixelCNN(num_codes=6, grid_size=TINY_GRID, channels=16, num_layers=3, num_classes=num_classes,
+                          attention_layers=attention_layers, attention_pool=attention_pool, dropout=dropout)
+    for weight in model.weights:
+        weight.assign(tf.random.normal(weight.shape, stddev=0.5))
+    return model
 
 
 @pytest.fixture

@@ -1,23 +1,13 @@
-"""GatedPixelCNN: causality without a blind spot, class conditioning, and the two samplers."""
+"""The prior: causality without a blind spot, class conditioning, the two samplers, the sampling filters and
+the likelihood, against numpy references."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules import GatedPixelCNN, GatedPixelCNNBlock, RowCausalAttention, filter_logits
-
-GRID = 8
-
-
-def tiny_prior(num_classes=0, seed=0, attention_layers=0, attention_pool=1, dropout=0.0):
-    """A small prior with random weights and biases, so that no two codes tie anywhere (as after training)."""
-    keras.utils.set_random_seed(seed)
-    model = GatedPixelCNN(num_codes=6, grid_size=GRID, channels=16, num_layers=3, num_classes=num_classes,
-                          attention_layers=attention_layers, attention_pool=attention_pool, dropout=dropout)
-    for weight in model.weights:
-        weight.assign(tf.random.normal(weight.shape, stddev=0.5))
-    return model
+from conftest import TINY_GRID as GRID, tiny_prior
+from prior import GatedPixelCNN, GatedPixelCNNBlock, RowCausalAttention, bits_per_code, filter_logits, log_likelihood
 
 
 def dependence_map(model, labels=None):
@@ -84,6 +74,33 @@ def test_step_by_step_logits_equal_the_full_pass(attention_layers, attention_poo
         stepped.append(logits.numpy())
     full = model((tf.constant(codes.reshape(2, 16, 16)), labels)).numpy().reshape(2, 16 * 16, 6)
     np.testing.assert_allclose(np.stack(stepped, axis=1), full, atol=1e-4 * np.abs(full).max())
+
+
+def log_softmax(logits):
+    """numpy, in float64: log p of each code under the logits [..., K]."""
+    shifted = logits.astype("float64") - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def test_log_likelihood_and_bits_per_code_are_the_log_softmax_at_each_code():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0, 3, (2, 4, 4, 7)).astype("float32")
+    codes = rng.integers(0, 7, (2, 4, 4)).astype("int32")
+    expected = np.take_along_axis(log_softmax(logits), codes[..., None], -1)[..., 0]
+    np.testing.assert_allclose(log_likelihood(tf.constant(codes), tf.constant(logits)).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(bits_per_code(codes, logits).numpy(), -expected / np.log(2), atol=1e-5)
+    metric = keras.metrics.MeanMetricWrapper(bits_per_code)  # as train.py reports it: codes arrive as floats
+    metric.update_state(codes.astype("float32"), logits)
+    assert float(metric.result()) == pytest.approx(-expected.mean() / np.log(2), rel=1e-5)
+
+
+def test_log_prob_of_a_grid_sums_the_log_softmax_of_each_code_under_its_label():
+    model = tiny_prior(num_classes=2)
+    codes = np.random.default_rng(6).integers(0, 6, (2, GRID, GRID)).astype("int32")
+    labels = tf.constant([0, 1])
+    logits = model((tf.constant(codes), labels)).numpy()
+    expected = np.take_along_axis(log_softmax(logits), codes[..., None], -1).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(model.log_prob(tf.constant(codes), labels).numpy(), expected, rtol=1e-5)
 
 
 def test_sampling_at_temperature_near_zero_is_greedy_decoding_by_teacher_forcing():

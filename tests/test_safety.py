@@ -21,10 +21,9 @@ import dataset
 import predict
 import train
 from checkpoints import CheckpointState, ResumeError
-from conftest import ROOT, TINY, call_main, fake_slice, run, write_adni
-from export import sample_images
+from conftest import ROOT, TINY, call_main, fake_slice, run, tiny_prior, write_adni
+from export import load_export
 from metrics import evaluate_reconstructions, prior_scorer
-from test_prior import tiny_prior
 from utils import MARKER, RunLock, write_json
 
 QUICK = [*TINY, "--epochs", "1", "--stage", "vqvae"]
@@ -194,7 +193,7 @@ def test_generation_runs_in_batches_and_the_first_batch_is_the_exports_sample(tr
     assert names == [f"sample_{i:03d}.png" for i in range(5)] + ["sample_grid.png"]
     first = np.asarray(Image.open(tmp_path / "p" / "sample_000.png"))
     export = tf.saved_model.load(str(out))  # kept: the endpoints need the object's variables alive
-    expected = export.sample(2, 1.0, 3).numpy()[0, ..., 0]
+    expected = export.sample(2, 1.0, 3, 0, 1.0, False).numpy()[0, ..., 0]
     np.testing.assert_array_equal(first, np.round(expected * 255).astype(np.uint8))
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "p" / "sample_002.png")), first)
 
@@ -204,7 +203,8 @@ def test_top_k_1_generation_writes_the_exports_greedy_images(trained, tmp_path):
     predict.main(["--model", str(out), "--n", "2", "--top-k", "1", "--label", "NC", "--no-keep-background",
                   "--out", str(tmp_path / "p")])
     export = tf.saved_model.load(str(out))
-    greedy = export.sample_class(2, 1, 1e-20, 9).numpy()  # temperature near 0: the most likely code everywhere
+    # Temperature near 0: the most likely code everywhere.
+    greedy = export.sample_class(2, 1, 1e-20, 9, 0, 1.0, False).numpy()
     for index in range(2):
         written = np.asarray(Image.open(tmp_path / "p" / f"sample_NC_{index:03d}.png"))
         np.testing.assert_array_equal(written, np.round(greedy[index, ..., 0] * 255).astype(np.uint8))
@@ -216,43 +216,49 @@ def test_generation_keeps_background_by_default_as_the_exports_keep_background_a
                   str(tmp_path / "p")])
     export = tf.saved_model.load(str(out))
     kept = export.sample_class(2, 1, 0.5, 0, 0, 1.0, True).numpy()
-    plain = export.sample_class(2, 1, 0.5, 0).numpy()
+    plain = export.sample_class(2, 1, 0.5, 0, 0, 1.0, False).numpy()
     assert not np.array_equal(kept, plain)
     for index in range(2):
         written = np.asarray(Image.open(tmp_path / "p" / f"sample_NC_{index:03d}.png"))
         np.testing.assert_array_equal(written, np.round(kept[index, ..., 0] * 255).astype(np.uint8))
 
 
-def test_an_export_from_before_a_sampling_control_is_named_not_called_wrongly(tmp_path):
-    class OlderExport(tf.Module):
-        @tf.function
-        def sample(self, n, temperature, seed, top_k=0, top_p=1.0):
-            return tf.fill([n, 4, 4, 1], temperature + tf.cast(top_k, tf.float32))
-
-    older = OlderExport()
-    scalar = [tf.TensorSpec([], dtype) for dtype in (tf.int32, tf.float32, tf.int32, tf.int32, tf.float32)]
-    older.sample.get_concrete_function(*scalar[:3])
-    older.sample.get_concrete_function(*scalar)
-    tf.saved_model.save(older, str(tmp_path / "older"))
-    loaded = tf.saved_model.load(str(tmp_path / "older"))
-    assert sample_images(loaded, 2, 0.5, 0, keep_background=False)[0, 0, 0, 0] == 0.5
-    assert sample_images(loaded, 2, 1.0, 0, top_k=3, keep_background=False)[0, 0, 0, 0] == 4.0  # 5 arguments
-    assert sample_images(loaded, 2, 1.0, 0, keep_background=True)[0, 0, 0, 0] == 1.0  # nothing to reshape
-    with pytest.raises(ValueError, match="predates keep_background"):
-        sample_images(loaded, 2, 0.5, 0, keep_background=True)
+def write_stale_export(path, metadata, endpoints=()):
+    """A SavedModel with the encode/decode/reconstruct/metadata endpoints of a 32x32 export, its metadata()
+    returning `metadata`, plus do-nothing `endpoints`: what an earlier version of train.py might have left."""
+    module = tf.Module()
+    images, codes = tf.TensorSpec([None, 32, 32, 1], tf.float32), tf.TensorSpec([None, 8, 8], tf.int32)
+    module.encode = tf.function(lambda x: tf.zeros([tf.shape(x)[0], 8, 8], tf.int32), input_signature=[images])
+    module.decode = tf.function(lambda c: tf.zeros([tf.shape(c)[0], 32, 32, 1]), input_signature=[codes])
+    module.reconstruct = tf.function(lambda x: x, input_signature=[images])
+    module.metadata = tf.function(lambda: tf.constant(json.dumps(metadata)), input_signature=[])
+    for name in endpoints:
+        setattr(module, name, tf.function(lambda x: x, input_signature=[images]))
+    tf.saved_model.save(module, str(path))
 
 
-def test_an_export_too_old_for_the_controls_gets_one_line_and_no_output_folder(trained, tmp_path, capsys,
-                                                                                 monkeypatch):
-    def too_old(*args, **kwargs):
-        raise ValueError("predates keep_background")
+CURRENT_METADATA = {"image_size": 32, "grid": 8, "num_codes": 16, "class_names": [], "class_counts": [],
+                    "has_prior": False, "has_texture": True}
 
-    monkeypatch.setattr(predict, "sample_images", too_old)
-    result = call_main(predict.main, ["--model", str(trained[0]), "--n", "2", "--temperature", "0.6",
-                                      "--out", str(tmp_path / "p")], capsys)
+
+@pytest.mark.parametrize("metadata, endpoints, missing", [
+    ({key: value for key, value in CURRENT_METADATA.items() if key != "has_texture"}, (),
+     "metadata without has_texture:"),
+    ({**CURRENT_METADATA, "has_prior": True}, ("texture", "sample"),
+     "no prior_logits, log_prob, prior_start, prior_step endpoints:"),
+])
+def test_a_stale_export_gets_one_line_asking_to_retrain_it(metadata, endpoints, missing, tmp_path, capsys):
+    stale = tmp_path / "stale"
+    write_stale_export(stale, metadata, endpoints)
+    result = call_main(predict.main, ["--model", str(stale), "--n", "2", "--out", str(tmp_path / "p")], capsys)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: --keep-background: the export at")
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: --model {stale}: ") and missing in line
+    assert line.endswith(f": made by an earlier version of this project; retrain it (python train.py --out {stale})")
     assert not (tmp_path / "p").exists()
+    current = tmp_path / "current"
+    write_stale_export(current, CURRENT_METADATA, ["texture"])  # what train.py writes today is accepted
+    assert load_export(current)[1] == CURRENT_METADATA
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -4,7 +4,8 @@ import pytest
 
 import settings
 from checkpoints import CheckpointState, ResumeError
-from modules import GatedPixelCNN, VQVAETrainer
+from modules import VQVAETrainer
+from prior import GatedPixelCNN
 from train import build_parser, parse_args
 from utils import write_json
 

@@ -12,7 +12,8 @@ from scipy import signal
 import predict
 from conftest import call_main
 from export import export_savedmodel
-from modules import GatedPixelCNN, VQVAETrainer
+from modules import VQVAETrainer
+from prior import GatedPixelCNN
 from texture import DecoderTexture
 
 FILTER = np.array([[0, 1, 0], [1, 2, 1], [0, 1, 0]], "float64") / np.sqrt(8.0)  # unit norm
@@ -116,7 +117,7 @@ def test_the_export_draws_what_the_layer_draws(textured_export):
 def test_predict_writes_the_exports_samples_with_texture_unless_told_not_to(textured_export, tmp_path, capsys):
     folder, _ = textured_export
     model = tf.saved_model.load(str(folder))
-    smooth = model.sample(4, 1.0, 0)
+    smooth = model.sample(4, 1.0, 0, 0, 1.0, False)
     expected = {"--texture": model.texture(smooth, 0).numpy(), "--no-texture": smooth.numpy()}
     for flag, images in expected.items():
         out = tmp_path / flag

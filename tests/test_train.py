@@ -86,8 +86,9 @@ def test_export_loads_without_the_project_and_matches_the_keras_models(trained, 
     images = np.random.default_rng(0).random((3, 32, 32, 1)).astype("float32")
     np.save(tmp_path / "images.npy", images)
     script = textwrap.dedent(f"""
-        import importlib.util, json, numpy as np, tensorflow as tf
-        assert importlib.util.find_spec("modules") is None  # this project is not importable here
+        import importlib.util, json, sys, numpy as np, tensorflow as tf
+        for name in ("modules", "prior", "export"):
+            assert importlib.util.find_spec(name) is None, name  # this project is not importable here
         model = tf.saved_model.load({str(out)!r})
         x = tf.constant(np.load("images.npy"))
         codes = model.encode(x)
@@ -97,14 +98,20 @@ def test_export_loads_without_the_project_and_matches_the_keras_models(trained, 
         np.save("roundtrip.npy", model.decode(codes).numpy())
         np.save("logits.npy", model.prior_logits(codes, labels).numpy())
         np.save("log_prob.npy", model.log_prob(x, labels).numpy())
-        samples = model.sample(4, 1.0, 5)
+        assert "tensorflow_probability" not in sys.modules  # the graph needs TensorFlow alone
+        samples = model.sample(4, 1.0, 5, 0, 1.0, False)  # n, temperature, seed, top_k, top_p, keep_background
         assert samples.shape == (4, 32, 32, 1) and samples.dtype == tf.float32
-        again = model.sample(tf.constant(4), tf.constant(1.0), tf.constant(5))
+        again = model.sample(*[tf.constant(value) for value in (4, 1.0, 5, 0, 1.0, False)])
         np.testing.assert_array_equal(samples.numpy(), again.numpy())  # the same seed draws the same images
-        assert model.sample_class(2, 1, 0.5, 0).shape == (2, 32, 32, 1)
-        unfiltered = model.sample(4, 1.0, 5, 0, 1.0)  # top_k 0, top_p 1: the three-argument form's draw
-        np.testing.assert_array_equal(unfiltered.numpy(), samples.numpy())
-        greedy = [model.sample_class(2, 1, 1.0, seed, 1, 1.0).numpy() for seed in (0, 1)]  # top_k 1
+        for shorter in ((4, 1.0, 5), (4, 1.0, 5, 0, 1.0)):  # one signature: every argument is required
+            try:
+                model.sample(*shorter)
+            except (TypeError, ValueError):
+                pass
+            else:
+                raise AssertionError(f"sample{{shorter}} was accepted")
+        assert model.sample_class(2, 1, 0.5, 0, 0, 1.0, False).shape == (2, 32, 32, 1)
+        greedy = [model.sample_class(2, 1, 1.0, seed, 1, 1.0, False).numpy() for seed in (0, 1)]  # top_k 1
         np.testing.assert_array_equal(greedy[0], greedy[1])
         kept = model.sample(4, 1.0, 5, 0, 1.0, True)  # keep_background: nothing to reshape at the defaults
         np.testing.assert_array_equal(kept.numpy(), samples.numpy())
@@ -122,7 +129,7 @@ def test_export_loads_without_the_project_and_matches_the_keras_models(trained, 
     assert result.returncode == 0, result.stderr[-3000:]
     metadata = json.loads(result.stdout.strip().splitlines()[-1])
     assert metadata["image_size"] == 32 and metadata["class_names"] == ["AD", "NC"] and metadata["has_prior"]
-    assert metadata["has_texture"]
+    assert metadata["has_texture"] and metadata["class_counts"] == [12, 12]
     # texture: a seeded draw added inside the head only, clipped to [0, 1] (what it draws: test_texture.py)
     textured = np.load(tmp_path / "textured.npy")
     np.testing.assert_array_equal(textured[0], textured[1])
@@ -130,8 +137,7 @@ def test_export_loads_without_the_project_and_matches_the_keras_models(trained, 
     np.testing.assert_array_equal(textured[0][background], images[background])
     assert textured.min() >= 0 and textured.max() <= 1
 
-    import keras
-    import modules  # noqa: F401  (registers the custom classes for loading)
+    import keras  # the custom classes are registered: train, imported above, imports modules and prior
 
     vqvae = keras.models.load_model(out / "model.keras")
     prior = keras.models.load_model(out / "prior.keras")

@@ -1,0 +1,459 @@
+"""The prior over code grids: a gated PixelCNN with row-causal attention, its cached sampler, and the filters
+that shape each draw.
+
+`GatedPixelCNN` models p(codes) = prod_p p(code_p | the codes before p in raster order[, class label]) over
+the VQ-VAE's code grids (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders").
+`GatedPixelCNN.sample` draws grids with constant work per position, and `initial_state` / `step` run the
+same network one position at a time for the codec. Each draw comes from `filter_logits` (temperature, top-k,
+top-p, and keeping the background's probability); `log_likelihood` and `bits_per_code` score codes under the
+prior's logits.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+from keras import layers, ops
+
+from modules import PACKAGE, ArgumentsAsConfig
+
+
+def _gate(features):
+    """tanh(a) * sigmoid(b) of the two halves of the channels."""
+    a, b = ops.split(features, 2, axis=-1)
+    return ops.tanh(a) * ops.sigmoid(b)
+
+
+def _shift_down(features):
+    """Row i gets row i-1 (zeros in row 0): what a position may see of the vertical stack."""
+    return ops.pad(features, [[0, 0], [1, 0], [0, 0], [0, 0]])[:, :-1]
+
+
+def _shift_right(features):
+    """Column j gets column j-1 (zeros in column 0): the first layer must not see the current position."""
+    return ops.pad(features, [[0, 0], [0, 0], [1, 0], [0, 0]])[:, :, :-1]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GatedPixelCNNBlock(ArgumentsAsConfig, layers.Layer):
+    """One gated layer with a vertical stack (rows above) and a horizontal stack (the row to the left).
+
+    The vertical stack at row i sees rows <= i; it reaches the horizontal stack only shifted one row down,
+    through a 1x1 convolution, so position (i, j) sees rows < i. The horizontal stack sees columns <= j of
+    its own features; the first block shifts its input right so that it sees columns < j (mask A), later
+    blocks include j (mask B). Both stacks use 2x3 and 1x2 kernels dilated by `dilation`, so blocks with
+    dilations 1, 2, 4, ... cover a wide grid without a blind spot. Causality comes from padding and kernel
+    shapes, not from masking weights. A class embedding is added inside both gates when `num_classes` > 0.
+    `dropout` drops that fraction of the horizontal stack's gated features in training, before its output
+    convolution (the residual branch, as in PixelCNN++); sampling never drops.
+    """
+
+    def __init__(self, channels, dilation=1, first=False, num_classes=0, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.keep(channels=channels, dilation=dilation, first=first, num_classes=num_classes, dropout=dropout)
+        self.horizontal_dropout = layers.Dropout(dropout, name="horizontal_dropout")
+        d = dilation
+        self.vertical_conv = layers.Conv2D(2 * channels, (2, 3), dilation_rate=(d, d), name="vertical")
+        self.horizontal_conv = layers.Conv2D(2 * channels, (1, 2), dilation_rate=(1, d), name="horizontal")
+        self.vertical_to_horizontal = layers.Conv2D(2 * channels, 1, name="vertical_to_horizontal")
+        self.horizontal_out = layers.Conv2D(channels, 1, name="horizontal_out")
+        if num_classes:
+            self.vertical_class = layers.Embedding(num_classes, 2 * channels, name="vertical_class")
+            self.horizontal_class = layers.Embedding(num_classes, 2 * channels, name="horizontal_class")
+
+    def build(self, input_shape):
+        shape = (None, None, None, self.channels)
+        self.vertical_conv.build(shape)
+        self.horizontal_conv.build(shape)
+        self.vertical_to_horizontal.build((None, None, None, 2 * self.channels))
+        self.horizontal_out.build(shape)
+        if self.num_classes:
+            self.vertical_class.build((None,))
+            self.horizontal_class.build((None,))
+
+    def vertical(self, v, labels=None):
+        """(next vertical features, the link to the horizontal stack for the same rows, unshifted)."""
+        d = self.dilation
+        return self._vertical_outputs(self.vertical_conv(ops.pad(v, [[0, 0], [d, 0], [d, d], [0, 0]])), labels)
+
+    def vertical_step(self, above, here, labels=None):
+        """`vertical` for one row i only, from the block's vertical inputs at rows i - d (`above`) and i
+        (`here`), [N, 1, G, C] each. Constant work per row, for the cached sampler."""
+        d = self.dilation
+        skipped = ops.zeros_like(ops.repeat(above, d - 1, axis=1))  # rows i - d + 1 .. i - 1: not read
+        window = ops.concatenate([above, skipped, here], axis=1)
+        return self._vertical_outputs(self.vertical_conv(ops.pad(window, [[0, 0], [0, 0], [d, d], [0, 0]])), labels)
+
+    def _vertical_outputs(self, pre, labels):
+        if self.num_classes:
+            pre = pre + self.vertical_class(labels)[:, None, None, :]
+        return _gate(pre), self.vertical_to_horizontal(pre)
+
+    def horizontal(self, h, link, labels=None):
+        """The next horizontal features, given the shifted link from the vertical stack."""
+        source = _shift_right(h) if self.first else h
+        pre = self.horizontal_conv(ops.pad(source, [[0, 0], [0, 0], [self.dilation, 0], [0, 0]])) + link
+        return self._horizontal_outputs(pre, h, labels)
+
+    def horizontal_step(self, left, here, link, labels=None):
+        """`horizontal` at one position (i, j) only, from what its convolution sees there: `left` and `here`
+        [N, 1, 1, C], the block's (for the first block, shifted) inputs at columns j - d and j, and `link`
+        [N, 1, 1, 2C], the shifted link at (i, j). Returns [N, 1, 1, C]; constant work per position."""
+        kernel = ops.cast(self.horizontal_conv.kernel, here.dtype)
+        pre = left @ kernel[0, 0] + here @ kernel[0, 1] + ops.cast(self.horizontal_conv.bias, here.dtype) + link
+        return self._horizontal_outputs(pre, here, labels)
+
+    def _horizontal_outputs(self, pre, h, labels):
+        if self.num_classes:
+            pre = pre + self.horizontal_class(labels)[:, None, None, :]
+        out = self.horizontal_out(self.horizontal_dropout(_gate(pre)))
+        return out if self.first else h + out
+
+    def call(self, v, h, labels=None):
+        v_next, link = self.vertical(v, labels)
+        return v_next, self.horizontal(h, _shift_down(link), labels)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class RowCausalAttention(ArgumentsAsConfig, layers.Layer):
+    """Self-attention inside the vertical stack, for global structure (as in PixelSNAIL, Chen et al. 2018):
+    each position attends to every position in its own row and the rows above, with a learnt position
+    embedding, added back to the features (pre-norm residual).
+
+    The vertical stack may see rows <= i at row i (the link to the horizontal stack is shifted one row down),
+    so masking by row keeps the prior causal, and the row-cached sampler runs it on the rows so far. For the
+    same reason `pool` columns of a row may be averaged into one token, queries and keys alike, and the
+    token's output given back to each of its columns: attention then costs about `pool`^2 times less, while
+    the convolutions keep the detail within a row. (The last token of a row averages fewer columns when `pool`
+    does not divide the grid.)
+    """
+
+    def __init__(self, channels, grid_size, heads=2, pool=1, **kwargs):
+        super().__init__(**kwargs)
+        if pool < 1:
+            raise ValueError(f"pool {pool}: expected a positive number of columns")
+        self.keep(channels=channels, grid_size=grid_size, heads=heads, pool=pool)
+        self.tokens_per_row = -(-grid_size // pool)
+        self.norm = layers.LayerNormalization(name="norm")
+        self.attention = layers.MultiHeadAttention(heads, key_dim=max(1, channels // heads), name="attention")
+
+    def build(self, input_shape):
+        g, c = self.grid_size, self.channels
+        self.position = self.add_weight(shape=(g, g, c), initializer=keras.initializers.RandomNormal(stddev=0.02),
+                                        name="position")
+        self.norm.build((None, None, None, c))
+        self.attention.build((None, None, c), (None, None, c))
+
+    def call(self, v):
+        n, rows, tokens = ops.shape(v)[0], ops.shape(v)[1], self.tokens_per_row
+        flat = ops.reshape(self._tokens(v), (n, rows * tokens, self.channels))
+        row_of = ops.arange(rows * tokens) // tokens
+        visible = ops.broadcast_to(row_of[None, :, None] >= row_of[None, None, :], (n, rows * tokens, rows * tokens))
+        attended = self.attention(flat, flat, attention_mask=visible)
+        return v + self._to_columns(ops.reshape(attended, (n, rows, tokens, self.channels)))
+
+    def row_step(self, v, i):
+        """`call` for row i only, [N, 1, G, C], from `v` [N, G, G, C] whose rows after i are never read (the
+        cached sampler holds zeros there)."""
+        n, g, tokens = ops.shape(v)[0], self.grid_size, self.tokens_per_row
+        keys = ops.reshape(self._tokens(v), (n, g * tokens, self.channels))
+        query = ops.take(keys, ops.arange(tokens) + i * tokens, axis=1)
+        visible = ops.broadcast_to((ops.arange(g * tokens) // tokens <= i)[None, None, :], (n, tokens, g * tokens))
+        attended = self.attention(query, keys, attention_mask=visible)
+        return ops.take(v, ops.reshape(i, (1,)), axis=1) + self._to_columns(attended[:, None])
+
+    def _tokens(self, v):
+        """The normalised features with position, averaged over each `pool` columns: [N, rows, tokens, C]."""
+        normed = self.norm(v + ops.cast(self.position[:ops.shape(v)[1]], v.dtype))
+        if self.pool == 1:
+            return normed
+        n, rows, tokens = ops.shape(v)[0], ops.shape(v)[1], self.tokens_per_row
+        columns = ops.pad(normed, [[0, 0], [0, 0], [0, tokens * self.pool - self.grid_size], [0, 0]])
+        sums = ops.sum(ops.reshape(columns, (n, rows, tokens, self.pool, self.channels)), axis=3)
+        counts = [[min(self.pool, self.grid_size - self.pool * token)] for token in range(tokens)]
+        return sums / ops.convert_to_tensor(counts, sums.dtype)
+
+    def _to_columns(self, tokens):
+        """Each token's features given to each of its columns: [N, rows, G, C]."""
+        return ops.repeat(tokens, self.pool, axis=2)[:, :, :self.grid_size] if self.pool > 1 else tokens
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GatedPixelCNN(ArgumentsAsConfig, keras.Model):
+    """Autoregressive prior p(codes) = prod_p p(code_p | codes before p in raster order[, class label]).
+
+    Input: int code grids [N, G, G] (and int labels [N] when `num_classes` > 0); output: logits
+    [N, G, G, num_codes]. Block dilations cycle through 1, 2, 4, ... up to half the grid, so the receptive
+    field of every position covers all positions before it once there are at least log2(G) blocks.
+    `attention_layers` > 0 puts that many `RowCausalAttention` layers into the vertical stack, evenly spaced,
+    each over tokens of `attention_pool` columns. `dropout` is each block's (training only).
+    """
+
+    def __init__(self, num_codes=256, grid_size=32, channels=64, num_layers=10, num_classes=0, attention_layers=0,
+                 attention_pool=1, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.keep(num_codes=num_codes, grid_size=grid_size, channels=channels, num_layers=num_layers,
+                  num_classes=num_classes, attention_layers=attention_layers, attention_pool=attention_pool,
+                  dropout=dropout)
+        cycle = max(1, math.ceil(math.log2(grid_size)))
+        self.embedding = layers.Embedding(num_codes, channels, name="code_embedding")
+        self.blocks = [GatedPixelCNNBlock(channels, dilation=2 ** (i % cycle), first=i == 0,
+                                          num_classes=num_classes, dropout=dropout, name=f"gated_block{i + 1}")
+                       for i in range(num_layers)]
+        # Before which blocks: the last block's vertical output reaches nothing, so attention goes earlier.
+        self.attention_before = [round((k + 1) * num_layers / (attention_layers + 1)) for k in range(attention_layers)]
+        self.attentions = [RowCausalAttention(channels, grid_size, pool=attention_pool, name=f"attention{k + 1}")
+                           for k in range(attention_layers)]
+        self.head_hidden = layers.Conv2D(channels, 1, activation="relu", name="head_hidden")
+        self.head_logits = layers.Conv2D(num_codes, 1, name="head_logits", dtype="float32")
+        self.embedding.build((None,))
+        for layer in self.blocks + self.attentions:
+            layer.build((None, None, None, channels))
+        self.head_hidden.build((None, None, None, channels))
+        self.head_logits.build((None, None, None, channels))
+        self.built = True
+
+    def _split(self, inputs):
+        if isinstance(inputs, (tuple, list)):
+            codes, labels = inputs
+            return codes, (labels if self.num_classes else None)
+        if self.num_classes:
+            raise ValueError("this prior is class-conditional: call it with (codes, labels)")
+        return inputs, None
+
+    def vertical_links(self, embedded, labels=None):
+        """For each block, what the vertical stack passes to the horizontal stack, already shifted: rows < i.
+
+        `embedded` is `self.embedding(codes)`, [N, G, G, channels].
+        """
+        v = embedded
+        links = []
+        attentions = dict(zip(self.attention_before, self.attentions))
+        for index, block in enumerate(self.blocks):
+            if index in attentions:
+                v = attentions[index](v)
+            v, link = block.vertical(v, labels)
+            links.append(_shift_down(link))
+        return links
+
+    def horizontal_logits(self, embedded, links, labels=None):
+        """Logits for the rows of `embedded` given the matching rows of `vertical_links` (any row subset)."""
+        h = embedded
+        for block, link in zip(self.blocks, links):
+            h = block.horizontal(h, link, labels)
+        return self.head_logits(self.head_hidden(ops.relu(h)))
+
+    def call(self, inputs, training=None):
+        # `training` is taken so that fit() passes training=True, which the blocks' dropout reads.
+        codes, labels = self._split(inputs)
+        embedded = self.embedding(codes)
+        return self.horizontal_logits(embedded, self.vertical_links(embedded, labels), labels)
+
+    def logits(self, codes, labels=None):
+        """`call` with the labels as an argument of their own, ignored by a prior that is not conditional."""
+        return self((codes, labels) if self.num_classes else codes)
+
+    def log_prob(self, codes, labels=None):
+        """The natural-log likelihood of each code grid [N]: the sum over positions of `log_likelihood`."""
+        return tf.reduce_sum(log_likelihood(codes, self.logits(codes, labels)), axis=[1, 2])
+
+    def sample(self, n, labels=None, temperature=1.0, seed=0, cached=True, top_k=0, top_p=1.0, background=None):
+        """Draw `n` code grids by ancestral sampling in raster order; int32 [n, G, G].
+
+        Each code is drawn from `filter_logits(logits, temperature, top_k, top_p, background)`: the defaults
+        draw from the prior itself. `cached` keeps each block's caches (`logits_at`, `record`, `finish_row`):
+        constant work per position; otherwise every position recomputes the whole network (the reference the
+        cached sampler is tested against). Both draw the same codes for the same seed, since position p draws
+        with the stateless seed (seed, p). Wrap in tf.function (jit_compile=True works) to compile.
+        """
+        g = self.grid_size
+        labels = ops.cast(labels, "int32") if self.num_classes else None
+        if not cached:
+            return self._sample_by_full_passes(n, labels, temperature, seed, top_k, top_p, background)
+        rows = tf.TensorArray(tf.int32, size=g)
+        state = {"labels": labels if self.num_classes else tf.zeros((n,), tf.int32),
+                 "row": tf.zeros((n, g), tf.int32), **self._empty_caches(n)}
+        for i in tf.range(g):
+            for j in tf.range(g):
+                state, logits = self.logits_at(state, j)
+                drawn = _draw(logits, i * g + j, temperature, top_k, top_p, background, seed)
+                state = self.record(state, j, drawn)
+            rows = rows.write(i, state["row"])
+            state = self.finish_row(state, i)
+        return tf.transpose(rows.stack(), (1, 0, 2))
+
+    def _sample_by_full_passes(self, n, labels, temperature, seed, top_k, top_p, background):
+        g = self.grid_size
+        codes = tf.zeros((n, g * g), tf.int32)
+        for position in tf.range(g * g):
+            grid = ops.reshape(codes, (n, g, g))
+            logits = ops.reshape(self.call((grid, labels) if self.num_classes else grid), (n, g * g, -1))
+            drawn = _draw(ops.take(logits, position, axis=1), position, temperature, top_k, top_p, background,
+                          seed)
+            codes = codes + drawn[:, None] * tf.one_hot(position, g * g, dtype=tf.int32)
+        return ops.reshape(codes, (n, g, g))
+
+    # The cached prior (Ramachandran et al. 2017, "Fast Generation for Convolutional Autoregressive Models"):
+    # a block's convolutions read its inputs only d rows above and d columns to the left, so each block keeps
+    # its last d rows (vertical stack) and its last d positions of the current row (horizontal stack) in ring
+    # buffers, slot = index mod d. When a row is complete the vertical stack computes that row alone; at each
+    # position the horizontal stack computes that position alone: constant work per position. Caches are
+    # laid out slot-first, so an update writes one slice, and shapes are static but for the batch.
+
+    def initial_state(self, n, labels=None):
+        """What `step` starts from for `n` code grids: a flat dict (a SavedModel signature can carry it) of
+        the class `labels` (int32 [n]) of a conditional prior, the current row's codes and every cache packed
+        into one tensor [n, ...] (few tensors keep the cost of each call low)."""
+        return {"labels": tf.zeros((n,), tf.int32) if labels is None else tf.cast(labels, tf.int32),
+                "row": tf.zeros((n, self.grid_size), tf.int32), "caches": self._pack(self._empty_caches(n))}
+
+    def step(self, state, position, previous):
+        """(the state for `position` + 1, the logits [n, K] at `position`), given the state for `position`
+        (raster order) and the code at `position` - 1 (`previous`, int32 [n]; ignored at position 0).
+        Starting from `initial_state` and feeding each position's code back gives `call`'s logits."""
+        g = self.grid_size
+        position = tf.cast(position, tf.int32)
+        i, j = position // g, position % g
+        state = {"labels": state["labels"], "row": state["row"], **self._unpack(state["caches"])}
+        state = tf.cond(position > 0, lambda: self.record(state, (position - 1) % g, previous), lambda: state)
+        state = tf.cond(tf.logical_and(position > 0, j == 0), lambda: self.finish_row(state, i - 1),
+                        lambda: state)
+        state, logits = self.logits_at(state, j)
+        caches = self._pack({name: state[name] for name in self._cache_shapes()})
+        return {"labels": state["labels"], "row": state["row"], "caches": caches}, logits
+
+    def _cache_shapes(self):
+        """Each cache's shape but for the batch axis, which is axis 1 (after the slot): name -> shape."""
+        g, c = self.grid_size, self.channels
+        shapes = {}
+        for b, block in enumerate(self.blocks):
+            shapes[f"vertical{b}"] = (block.dilation, g, c)
+            shapes[f"link{b}"] = (1, g, 2 * c)
+            shapes[f"horizontal{b}"] = (block.dilation, c)
+        for k in range(len(self.attentions)):
+            shapes[f"attention{k}"] = (g, g, c)
+        return shapes
+
+    def _empty_caches(self, n):
+        return {name: tf.zeros((shape[0], n, *shape[1:]), self.embedding.compute_dtype)
+                for name, shape in self._cache_shapes().items()}
+
+    def _pack(self, caches):
+        n = ops.shape(caches["link0"])[1]
+        return ops.concatenate([ops.reshape(ops.moveaxis(caches[name], 1, 0), (n, -1))
+                                for name in self._cache_shapes()], axis=1)
+
+    def _unpack(self, packed):
+        shapes = self._cache_shapes()
+        parts = tf.split(packed, [math.prod(shape) for shape in shapes.values()], axis=1)
+        return {name: ops.moveaxis(ops.reshape(part, (-1, *shape)), 0, 1)
+                for (name, shape), part in zip(shapes.items(), parts)}
+
+    def record(self, state, j, code):
+        """The caches once the code at column j of the current row is known."""
+        column = tf.one_hot(j, self.grid_size, dtype=tf.int32)
+        return {**state, "row": state["row"] * (1 - column) + code[:, None] * column}
+
+    def logits_at(self, state, j):
+        """(caches, logits [n, K]) at column j of the current row, whose columns before j are recorded."""
+        labels = state["labels"] if self.num_classes else None
+        row = state["row"]
+        # The first block sees the code to the left (zeros at column 0); later blocks add to their input.
+        left_code = ops.take(row, ops.reshape(ops.maximum(j - 1, 0), (1,)), axis=1)[:, 0]
+        h = (self.embedding(left_code) * ops.cast(j > 0, self.embedding.compute_dtype))[:, None, None, :]
+        state = dict(state)
+        for b, block in enumerate(self.blocks):
+            slot = [[j % block.dilation]]
+            left = tf.gather_nd(state[f"horizontal{b}"], slot)[0] * ops.cast(j >= block.dilation, h.dtype)
+            state[f"horizontal{b}"] = tf.tensor_scatter_nd_update(state[f"horizontal{b}"], slot, h[None, :, 0, 0])
+            link = ops.take(state[f"link{b}"][0], ops.reshape(j, (1,)), axis=1)[:, :, None]
+            h = block.horizontal_step(left[:, None, None, :], h, link, labels)
+        return state, self.head_logits(self.head_hidden(ops.relu(h)))[:, 0, 0]
+
+    def finish_row(self, state, i):
+        """The caches once row i's codes are recorded: each block's vertical input at row i, and its link,
+        which the horizontal stack reads on row i + 1."""
+        labels = state["labels"] if self.num_classes else None
+        v = self.embedding(state["row"])[:, None]
+        state = dict(state)
+        before = dict(zip(self.attention_before, range(len(self.attentions))))
+        for b, block in enumerate(self.blocks):
+            if b in before:
+                k = before[b]
+                rows = tf.tensor_scatter_nd_update(state[f"attention{k}"], [[i]], tf.transpose(v, (1, 0, 2, 3)))
+                state[f"attention{k}"] = rows
+                v = self.attentions[k].row_step(tf.transpose(rows, (1, 0, 2, 3)), i)
+            slot = [[i % block.dilation]]
+            above = tf.gather_nd(state[f"vertical{b}"], slot) * ops.cast(i >= block.dilation, v.dtype)
+            state[f"vertical{b}"] = tf.tensor_scatter_nd_update(state[f"vertical{b}"], slot,
+                                                                tf.transpose(v, (1, 0, 2, 3)))
+            v, link = block.vertical_step(tf.transpose(above, (1, 0, 2, 3)), v, labels)
+            state[f"link{b}"] = tf.transpose(link, (1, 0, 2, 3))
+        return state
+
+
+def _draw(logits, position, temperature, top_k, top_p, background, seed):
+    """One code per grid [n] from `filter_logits` of `logits` [n, K], with the stateless seed (seed, position)."""
+    logits = filter_logits(logits, temperature, top_k, top_p, background)
+    seeds = tf.stack([tf.cast(seed, tf.int32), tf.cast(position, tf.int32)])
+    return tf.random.stateless_categorical(logits, 1, seeds, dtype=tf.int32)[:, 0]
+
+
+def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0, background=None):
+    """Logits [..., K] to draw one code from: divided by `temperature`, then restricted to the `top_k` most
+    likely codes (0: all) and to the smallest set of most likely codes whose probability reaches `top_p`
+    (nucleus sampling; 1: all). Excluded codes get -inf; codes tied with the last one kept stay in. The
+    most likely code is always kept, so a draw is always possible.
+
+    `background` (bool [K], optional) marks the codes of empty background. Where any is marked, the controls
+    reshape the other codes only, among themselves, and the background codes keep the probability the prior
+    gives them: where the head begins and ends is drawn as trained, while the texture inside is sharpened
+    (plain temperatures below 1 also make background likelier, so heads shrink). The returned values are then
+    log-probabilities. With no code marked, or None, this is the plain filter above.
+    """
+    if background is None:
+        return _filter_all_codes(logits, temperature, top_k, top_p)
+    background = tf.cast(background, tf.bool)
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    background_mass = tf.reduce_sum(tf.where(background, tf.exp(log_probs), 0.0), axis=-1, keepdims=True)
+    inside = _filter_all_codes(tf.where(background, tf.constant(-math.inf, logits.dtype), logits), temperature,
+                               top_k, top_p)
+    inside = tf.nn.log_softmax(inside, axis=-1) + tf.math.log(tf.maximum(1.0 - background_mass, 0.0))
+    kept = tf.where(background, log_probs, inside)
+    # Computing both and choosing keeps the plain filter's arithmetic, bit for bit, when nothing is marked or
+    # nothing is reshaped (the same distribution, but the same draws only from the same numbers).
+    reshaping = tf.logical_or(tf.cast(temperature, tf.float32) != 1.0,
+                              tf.logical_or(tf.cast(top_k, tf.int32) > 0, tf.cast(top_p, tf.float32) < 1.0))
+    return tf.where(tf.logical_and(tf.reduce_any(background), reshaping), kept,
+                    _filter_all_codes(logits, temperature, top_k, top_p))
+
+
+def _filter_all_codes(logits, temperature, top_k, top_p):
+    # The most likely code gets logit 0 before dividing, and temperatures below 1e-30 (which float32 may round
+    # to 0) act as 1e-30: greedy, never an overflow or 0 / 0.
+    logits = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
+    logits = logits / tf.maximum(tf.cast(temperature, logits.dtype), 1e-30)
+    num_codes = tf.shape(logits)[-1]
+    ranked = tf.sort(logits, axis=-1, direction="DESCENDING")
+    top_k = tf.cast(top_k, tf.int32)
+    keep_k = tf.where(top_k > 0, tf.minimum(top_k, num_codes), num_codes)
+    # Codes ranked before the one whose cumulative probability first reaches top_p, and that one.
+    before = tf.math.cumsum(tf.nn.softmax(ranked, axis=-1), axis=-1, exclusive=True)
+    top_p = tf.cast(top_p, before.dtype)
+    keep_p = tf.maximum(tf.reduce_sum(tf.cast(before < top_p, tf.int32), axis=-1), 1)
+    keep_p = tf.where(top_p >= 1, num_codes, keep_p)  # not cut by rounding of the cumulative sum
+    keep = tf.minimum(keep_k, keep_p)[..., None]
+    threshold = tf.gather(ranked, keep - 1, batch_dims=len(logits.shape) - 1)
+    return tf.where(logits >= threshold, logits, tf.constant(-math.inf, logits.dtype))
+
+
+def log_likelihood(codes, logits):
+    """The natural-log probability of each code [...] under the categorical distribution of its logits [..., K]."""
+    return tfp.distributions.Categorical(logits=logits).log_prob(codes)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def bits_per_code(codes, logits):
+    """Negative log-likelihood of each code under the prior's logits, in bits."""
+    return -log_likelihood(codes, logits) / math.log(2.0)
