@@ -73,7 +73,7 @@ class PriorCodec:
     """Compress images into files and back with one export of train.py (which must have a prior)."""
 
     def __init__(self, model, metadata, fingerprint):
-        if not metadata.get("has_prior") or not hasattr(model, "prior_step"):
+        if not metadata["has_prior"]:
             raise CodecError("this export has no prior to code with; train one with train.py --stage prior")
         self.model = model
         self.side = metadata["image_size"]

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from utils import first_line
+
 REQUIRED_ENDPOINTS = ("encode", "decode", "reconstruct", "metadata")
 PRIOR_ENDPOINTS = ("sample", "prior_logits", "log_prob", "prior_start", "prior_step")
 METADATA_KEYS = ("image_size", "grid", "num_codes", "class_names", "class_counts", "has_prior", "has_texture")
@@ -156,13 +158,13 @@ def load_export(path):
     try:
         model = tf.saved_model.load(str(path))
     except Exception as error:  # TensorFlow raises many kinds of error for a damaged SavedModel
-        raise ValueError(f"{path}: not a loadable SavedModel ({_first_line(error)})") from None
+        raise ValueError(f"{path}: not a loadable SavedModel ({first_line(error)})") from None
     if not all(hasattr(model, name) for name in REQUIRED_ENDPOINTS):
         raise ValueError(f"{path}: a SavedModel without this project's encode/decode/reconstruct endpoints")
     try:
         metadata = json.loads(model.metadata().numpy().decode())
     except (ValueError, UnicodeDecodeError, tf.errors.OpError) as error:
-        raise ValueError(f"{path}: its metadata() is not this project's JSON ({_first_line(error)})") from None
+        raise ValueError(f"{path}: its metadata() is not this project's JSON ({first_line(error)})") from None
     if not isinstance(metadata, dict):
         raise ValueError(f"{path}: its metadata() is not this project's JSON (not an object)")
     missing = _missing_parts(model, metadata)
@@ -184,9 +186,3 @@ def _missing_parts(model, metadata):
     if endpoints:
         missing.append(f"no {', '.join(endpoints)} endpoint" + ("s" if len(endpoints) > 1 else ""))
     return "; ".join(missing)
-
-
-def _first_line(error):
-    """The first line of an error's message, with its type, at most 200 characters."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}"

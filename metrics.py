@@ -102,7 +102,7 @@ def prior_scorer(model, metadata, data_class_names):
     if not classes:
         return lambda images, labels: model.log_prob(images)
     to_model = tf.constant([classes.index(name) if name in classes else -1 for name in data_class_names] + [-1])
-    counts = np.asarray(metadata.get("class_counts") or [1] * len(classes), np.float32)
+    counts = np.asarray(metadata["class_counts"], np.float32)
     log_weights = tf.constant(np.log(counts / counts.sum()))
 
     def log_prob(images, labels):

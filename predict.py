@@ -273,7 +273,8 @@ def filter_text(args):
 
 def batch_seed(seed, batch):
     """The sampler's seed for one batch: `seed` itself for the first (so --n up to --batch-size draws what the
-    export's sample(n, temperature, seed) draws), then seeds derived from (seed, batch)."""
+    export's sample(n, temperature, seed, top_k, top_p, keep_background) draws), then seeds derived from
+    (seed, batch)."""
     if batch == 0:
         return seed
     return int(np.random.SeedSequence([seed % 2**32, batch]).generate_state(1)[0] >> 1)

@@ -231,7 +231,7 @@ def main():
     if not metadata["has_prior"]:
         fail(f"--model {args.model}: this export has no prior to generate with")
     size = metadata["image_size"]
-    args.texture = args.texture and bool(metadata.get("has_texture"))
+    args.texture = args.texture and metadata["has_texture"]
     source = dataset.load_source(args.data)
     # The demo's test split has 2 subjects, too few to split by patient: its generator makes 16 new ones.
     test_source = source if args.data else demo.load_demo(seed=1, subjects=(1, 1, 16))

@@ -91,7 +91,7 @@ def run(args, cwd=ROOT, env=None):
 
 def call_main(main, argv, capsys):
     """Run a command-line tool's main(argv) in this process, as `python tool.py ARGV` would but without
-    starting Python and TensorFlow again (about 9 s each on 2 cores). Returns a CompletedProcess; an uncaught
+    starting Python and TensorFlow again (seconds of CPU each). Returns a CompletedProcess; an uncaught
     exception fails the test, as a traceback would."""
     try:
         main(argv)
