@@ -16,9 +16,9 @@ from conftest import fake_slice, write_adni
 
 
 def images_of(split, size=32):
-    decoded, skipped, _ = dataset.decoded_split(split, size)
-    pairs = list(decoded.as_numpy_iterator())
-    return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs]), skipped
+    decoded = dataset.decoded_split(split, size)
+    pairs = list(decoded.images.as_numpy_iterator())
+    return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs]), decoded.skipped
 
 
 def assert_no_patient_in_two_splits(source):
@@ -118,8 +118,9 @@ def test_corrupt_file_is_named_or_skipped(oasis_root):
     split = dataset.load_source(str(oasis_root)).splits["train"]
     with pytest.raises(dataset.DataError, match="case_001_slice_2.nii.png"):
         dataset.decoded_split(split, 32)
-    decoded, skipped, _ = dataset.decoded_split(split, 32, skip_bad=True)
-    assert skipped == 1 and len(list(decoded)) == 11
+    decoded = dataset.decoded_split(split, 32, skip_bad=True)
+    assert decoded.skipped == 1 and len(list(decoded.images)) == 11
+    assert decoded.origins == [(file, None) for file in split.files if file != str(bad)]
 
 
 def test_a_split_with_no_readable_file_is_refused_even_when_skipping(tmp_path):
