@@ -313,8 +313,10 @@ def _check_classes(source):
         elsewhere = [f"{len({p for p, l in zip(split.patients, split.labels) if l == label})} in {split_name}"
                      for split_name, split in source.splits.items() if label in split.labels]
         where = f" (its patients: {', '.join(elsewhere)})" if elsewhere else ""
+        remedy = "add images" + (f" (ADNI's classes are {' and '.join(ADNI_CLASSES)})" if source.kind == "adni"
+                                 else " or remove the class folder")
         raise DataError(f"{folder}: no training images of class {name}{where}; a conditional prior needs "
-                        f"every class in the training split: add images or remove the class")
+                        f"every class in the training split: {remedy}")
 
 
 def _set_sixteen_bit_range(source):
@@ -334,6 +336,7 @@ def decode_image(path, image_size):
     """One file -> float32 [S, S, 1] in [0, 1]: grayscale, padded to a square with zeros, area-resized; a
     16-bit PNG scaled by the bits it uses (`images.sixteen_bit_range`). Raises UnreadableImages for a file
     over the size limit, TensorFlow's errors for one that cannot be decoded."""
+    path = str(path)
     header = images.read_header(path)
     if header.problem:
         raise UnreadableImages(header.problem)
