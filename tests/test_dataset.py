@@ -247,7 +247,8 @@ def test_an_empty_adni_class_folder_is_refused_before_training(tmp_path, capsys)
         dataset.load_source(str(data))
     import train
 
-    result = call_main(train.main, ["--data", str(data), "--out", str(tmp_path / "out"), *TINY], capsys)
+    result = call_main(train.main, ["--data", str(data), "--out", str(tmp_path / "out"), "--logdir",
+                                    str(tmp_path / "logs"), *TINY], capsys)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: --data {data / 'train' / 'NC'}: no training")
     assert not (tmp_path / "out").exists()
