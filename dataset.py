@@ -12,7 +12,8 @@ Five sources, each split by patient so that no patient is in two splits:
   nilearn (demo.py). It needs no download, is cached as NIfTI volumes after the first build, and is read as
   the `volumes` source reads users' scans.
 
-Every image becomes grayscale float32 in [0, 1], padded with background to a square, then resized.
+Every image becomes grayscale float32 in [0, 1] (transparency on black background, 16-bit PNGs scaled by the
+bits their data uses: images.py), padded with background to a square, then resized.
 """
 
 import collections
@@ -27,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+import folders
+import images
 import volumes
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
@@ -59,7 +62,9 @@ order: (file, slice index along the split's axis, or None for a 2D image)."""
 class Split:
     """The image files of one split, their patient ids and integer labels (-1 where unlabelled); for volumes,
     the volume files, the `axis` they are sliced along, which brain slices are kept (`slices`) and the intensity
-    `window` that maps every volume to [0, 1] (None: each volume's own percentiles, `volumes.intensity_range`)."""
+    `window` that maps every volume to [0, 1] (None: each volume's own percentiles, `volumes.intensity_range`).
+    For images, `window` is the range of the 16-bit PNGs that maps to [0, 1] (None: found from the split's
+    files, `images.sixteen_bit_range`)."""
 
     files: list
     patients: list
@@ -91,31 +96,25 @@ def patient_id(path):
 
 
 def image_files(folder):
-    """All image files below `folder`, sorted, ignoring other files and hidden ones. Symlinked folders are
-    followed (each real folder once). Raises DataError for a file name that is not valid UTF-8."""
-    return _files_below(folder, lambda name: Path(name).suffix.lower() in IMAGE_EXTENSIONS)
+    """All image files below `folder`, sorted, ignoring other files and hidden ones. Symlinks are followed,
+    each real folder and file once (`folders.files_below`). Raises DataError for a file name that is not valid
+    UTF-8."""
+    return _files_below([folder], _is_image)[0]
 
 
 def volume_files(folder):
     """All NIfTI and Analyze volumes below `folder` (an Analyze pair by its .hdr), as `image_files` finds
     images."""
-    return _files_below(folder, volumes.is_volume)
+    return _files_below([folder], volumes.is_volume)[0]
 
 
-def _files_below(folder, wanted):
-    found, seen = [], set()
-    for parent, folders, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(parent)
-        if real in seen:  # a link back up the tree: do not walk it again
-            folders.clear()
-            continue
-        seen.add(real)
-        folders[:] = [name for name in folders if not name.startswith(".")]
-        for name in files:
-            path = os.path.join(parent, name)
-            if wanted(name) and not name.startswith(".") and os.path.isfile(path):
-                found.append(_checked_name(path))
-    return sorted(found)
+def _is_image(name):
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _files_below(roots, wanted):
+    """`folders.files_below`, each name checked by `_checked_name`."""
+    return [[_checked_name(file) for file in files] for files in folders.files_below(roots, wanted)]
 
 
 def _checked_name(path):
@@ -163,12 +162,11 @@ def _adni_root(root):
 def load_oasis(root):
     """OASIS, already split by patient into keras_png_slices_{train,validate,test}."""
     root = Path(root)
-    splits = {}
-    for split, folder in OASIS_FOLDERS.items():
+    for folder in OASIS_FOLDERS.values():
         if not (root / folder).is_dir():
             raise DataError(f"{root}: OASIS layout without its {folder}/ folder")
-        splits[split] = _split_of(image_files(root / folder))
-    return DataSource("oasis", str(root), [], splits)
+    found = _files_below([root / folder for folder in OASIS_FOLDERS.values()], _is_image)
+    return DataSource("oasis", str(root), [], {name: _split_of(files) for name, files in zip(OASIS_FOLDERS, found)})
 
 
 def load_adni(root, validation_fraction=0.1, seed=0):
@@ -176,16 +174,15 @@ def load_adni(root, validation_fraction=0.1, seed=0):
     base = _adni_root(Path(root))
     if base is None:
         raise DataError(f"{root}: expected ADNI folders train/AD, train/NC, test/AD, test/NC")
+    class_folders = [base / split / name for split in ("train", "test") for name in ADNI_CLASSES]
+    found = iter(_files_below([folder for folder in class_folders if folder.is_dir()], _is_image))
+    found = [next(found) if folder.is_dir() else [] for folder in class_folders]
 
-    def labelled(split):
-        files, labels = [], []
-        for label, name in enumerate(ADNI_CLASSES):
-            found = image_files(base / split / name) if (base / split / name).is_dir() else []
-            files += found
-            labels += [label] * len(found)
-        return _split_of(files, labels)
+    def labelled(first):  # the files of the class folders from `first` on, labelled in ADNI_CLASSES order
+        files = found[first:first + len(ADNI_CLASSES)]
+        return _split_of(sum(files, []), [label for label, of_class in enumerate(files) for _ in of_class])
 
-    train, test = labelled("train"), labelled("test")
+    train, test = labelled(0), labelled(len(ADNI_CLASSES))
     train, validate = _carve_by_patient(train, validation_fraction, seed)
     return DataSource("adni", str(base), list(ADNI_CLASSES), {"train": train, "validate": validate, "test": test})
 
@@ -216,9 +213,20 @@ def load_folder(root, fractions=(0.8, 0.1, 0.1), seed=0):
         raise DataError(f"{root}: found no images (.png, .jpg, .jpeg, .bmp, .gif)")
     parents = sorted({str(Path(f).parent.relative_to(root)) for f in files})
     class_names = parents if len(parents) > 1 else []
+    _note_empty_folders(root, files, "images")
     labels = [class_names.index(str(Path(f).parent.relative_to(root))) if class_names else -1 for f in files]
     splits = _split_by_patient(_split_of(files, labels), fractions, seed)
     return DataSource("folder", str(root), class_names, splits)
+
+
+def _note_empty_folders(root, files, kind):
+    """Print the folders directly below `root` that hold none of `files` (of `kind`) while others do: an empty
+    class folder is no class, which the user may not expect."""
+    holding = {Path(f).relative_to(root).parts[0] for f in files if len(Path(f).relative_to(root).parts) > 1}
+    empty = sorted(entry.name for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False)
+                   and not entry.name.startswith(".") and entry.name not in holding)
+    if holding and empty:
+        print(f"Note: {', '.join(str(root / name) for name in empty)}: no {kind}, so no class")
 
 
 def _split_by_patient(everything, fractions, seed):
@@ -245,6 +253,7 @@ def load_volumes(root, fractions=(0.8, 0.1, 0.1), seed=0, axis="axial", slices="
     tops = [Path(f).relative_to(root).parts for f in files]
     tops = [parts[0] if len(parts) > 1 and not parts[0].startswith("sub-") else None for parts in tops]
     class_names = sorted(set(tops)) if None not in tops and len(set(tops)) > 1 else []
+    _note_empty_folders(root, files, "volumes")
     labels = [class_names.index(top) if class_names else -1 for top in tops]
     everything = Split(list(files), [volumes.subject_id(f) for f in files], labels, axis, slices)
     return DataSource("volumes", str(root), class_names, _split_by_patient(everything, fractions, seed))
@@ -272,6 +281,9 @@ def load_source(data=None, dataset="auto", seed=0, validation_fraction=0.1, cach
     else:
         source = load_folder(data, seed=seed)
     _check_splits(source)
+    _check_classes(source)
+    if layout != "volumes":
+        _set_sixteen_bit_range(source)
     return source
 
 
@@ -290,56 +302,94 @@ def _check_splits(source):
             seen[patient] = name
 
 
+def _check_classes(source):
+    """Every class has training images: a conditional prior cannot learn a class it never sees (and an empty
+    class folder is more likely a mistake than a wish). A class missing from validate or test only leaves it
+    out of their figures."""
+    for label, name in enumerate(source.class_names):
+        if label in source.splits["train"].labels:
+            continue
+        folder = Path(source.root) / ("train" if source.kind == "adni" else "") / name
+        elsewhere = [f"{len({p for p, l in zip(split.patients, split.labels) if l == label})} in {split_name}"
+                     for split_name, split in source.splits.items() if label in split.labels]
+        where = f" (its patients: {', '.join(elsewhere)})" if elsewhere else ""
+        remedy = "add images" + (f" (ADNI's classes are {' and '.join(ADNI_CLASSES)})" if source.kind == "adni"
+                                 else " or remove the class folder")
+        raise DataError(f"{folder}: no training images of class {name}{where}; a conditional prior needs "
+                        f"every class in the training split: {remedy}")
+
+
+def _set_sixteen_bit_range(source):
+    """Give every split the range of the 16-bit PNGs of the whole source (`images.sixteen_bit_range`), so
+    that all splits and all slices of a patient are scaled alike."""
+    window = (0, images.sixteen_bit_range([file for split in source.splits.values() for file in split.files],
+                                          source.root))
+    for split in source.splits.values():
+        split.window = window
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Decoding and the tf.data pipeline
 
 
 def decode_image(path, image_size):
-    """One file -> float32 [S, S, 1] in [0, 1]: grayscale, padded to a square with zeros, area-resized."""
-    return _decode_with_side(path, image_size)[0]
+    """One file -> float32 [S, S, 1] in [0, 1]: grayscale, padded to a square with zeros, area-resized; a
+    16-bit PNG scaled by the bits it uses (`images.sixteen_bit_range`). Raises UnreadableImages for a file
+    over the size limit, TensorFlow's errors for one that cannot be decoded."""
+    path = str(path)
+    header = images.read_header(path)
+    if header.problem:
+        raise UnreadableImages(header.problem)
+    scale = 65535 / images.sixteen_bit_range([path], path, [header], quiet=True)
+    return square_and_resize(images.decode_grey(tf.constant(path), header.decoder, scale), image_size)[0]
 
 
-def _decode_with_side(path, image_size):
-    """(decode_image of `path`, the longer side of the file's image in pixels)."""
-    raw = tf.io.read_file(path)
-    image = tf.io.decode_image(raw, channels=1, expand_animations=False, dtype=tf.uint16)
-    return square_and_resize(tf.image.convert_image_dtype(image, tf.float32), image_size)
-
-
-def square_and_resize(images, image_size):
-    """(images [..., H, W, 1] in [0, 1] padded with zeros to squares and area-resized to image_size, side)."""
-    height, width = tf.shape(images)[-3], tf.shape(images)[-2]
+def square_and_resize(stack, image_size):
+    """(images `stack` [..., H, W, 1] in [0, 1] padded with zeros to squares and area-resized to image_size,
+    side)."""
+    height, width = tf.shape(stack)[-3], tf.shape(stack)[-2]
     side = tf.maximum(height, width)
-    images = tf.image.pad_to_bounding_box(images, (side - height) // 2, (side - width) // 2, side, side)
-    images = tf.image.resize(images, (image_size, image_size), method="area")
-    return tf.clip_by_value(images, 0.0, 1.0), side
+    stack = tf.image.pad_to_bounding_box(stack, (side - height) // 2, (side - width) // 2, side, side)
+    stack = tf.image.resize(stack, (image_size, image_size), method="area")
+    return tf.clip_by_value(stack, 0.0, 1.0), side
 
 
 def decoded_split(split, image_size, skip_bad=False):
     """A cached dataset of (image, label) for one split, every file decoded once, in file order; a `Decoded`.
 
-    Files that fail to decode raise UnreadableImages naming them, or are dropped and counted with `skip_bad`.
+    Files that fail to decode or are too large raise UnreadableImages naming them, or are dropped and counted
+    with `skip_bad`. 16-bit PNGs are scaled by the split's window (see `images.sixteen_bit_range`).
     """
     if split.axis:
         return _decoded_volumes(split, image_size, skip_bad)
+    headers = [images.read_header(file) for file in split.files]
+    problems = {file: header.problem for file, header in zip(split.files, headers) if header.problem}
+    usable = [(file, label, header) for file, label, header in zip(split.files, split.labels, headers)
+              if not header.problem]
+    largest = split.window[1] if split.window else images.sixteen_bit_range(
+        split.files, os.path.commonpath(split.files), headers)
+    with_pillow = any(header.decoder == images.PILLOW for _, _, header in usable)
 
-    def decode(path, label):
-        # Cached as uint8 (a quarter of the memory of float32): the sources are 8-bit images.
-        image, side = _decode_with_side(path, image_size)
+    def decode(path, label, decoder, scale):
+        image, side = square_and_resize(images.decode_grey(path, decoder, scale, with_pillow), image_size)
+        # Cached as uint8 (a quarter of the memory of float32): 256 levels over the range the data uses.
         return path, tf.image.convert_image_dtype(image, tf.uint8, saturate=True), label, side
 
-    files = tf.data.Dataset.from_tensor_slices((split.files, tf.constant(split.labels, tf.int32)))
+    files = tf.data.Dataset.from_tensor_slices((
+        tf.constant([file for file, _, _ in usable], tf.string), tf.constant([label for _, label, _ in usable], tf.int32),
+        tf.constant([header.decoder for _, _, header in usable], tf.int32),
+        tf.constant([65535 / largest if header.bit_depth == 16 else 1.0 for _, _, header in usable], tf.float32)))
     decoded = files.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     decoded = decoded.ignore_errors().cache()
     # Decoding everything now fills the cache and finds bad files before any training starts.
     sides = {path.decode(): int(side) for path, side in
              decoded.map(lambda path, image, label, side: (path, side)).as_numpy_iterator()}
-    bad = [f"{f}: not a readable PNG/JPEG/BMP/GIF image" for f in split.files if f not in sides]
+    bad = [problems.get(f, f"{f}: not a readable PNG/JPEG/BMP/GIF image") for f in split.files if f not in sides]
     _check_readable(split, bad, skip_bad, "images")
-    images = decoded.map(lambda path, image, label, side: (tf.image.convert_image_dtype(image, tf.float32), label))
-    images = images.apply(tf.data.experimental.assert_cardinality(len(sides)))
+    pairs = decoded.map(lambda path, image, label, side: (tf.image.convert_image_dtype(image, tf.float32), label))
+    pairs = pairs.apply(tf.data.experimental.assert_cardinality(len(sides)))
     origins = [(file, None) for file in split.files if file in sides]
-    return Decoded(images, len(bad), sum(side < image_size for side in sides.values()), origins)
+    return Decoded(pairs, len(bad), sum(side < image_size for side in sides.values()), origins)
 
 
 def _check_readable(split, problems, skip_bad, kind):

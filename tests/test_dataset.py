@@ -1,6 +1,8 @@
 """Finding, splitting and decoding the OASIS, ADNI, folder and demo sources."""
 
 import socket
+import struct
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -12,7 +14,7 @@ from PIL import Image
 import dataset
 import demo
 import volumes
-from conftest import fake_slice, write_adni
+from conftest import TINY, call_main, fake_slice, write_adni
 
 
 def images_of(split, size=32):
@@ -210,3 +212,172 @@ def test_epochs_of_batches_reshuffles_each_epoch_and_a_resumed_stream_continues_
     resumed = [batch.numpy().tolist() for batch in dataset.epochs_of_batches(numbers, 3, seed=5, first_epoch=1,
                                                                              last_epoch=3)]
     assert resumed == full[3:]
+
+
+def all_files(source):
+    return [(file, label) for split in source.splits.values() for file, label in zip(split.files, split.labels)]
+
+
+def test_symlinks_read_each_real_folder_and_file_once_under_its_first_label(tmp_path):
+    data = write_adni(tmp_path / "AD_NC", train_patients=3, test_patients=1, slices=2)
+    real = {str(path.resolve()): path.parent.name for path in data.rglob("*.jpeg")}
+    (data / "train" / "AD" / "loop").symlink_to("..")  # the loop of the issue: train/AD/loop/NC, loop/AD/loop...
+    (data / "train" / "AD" / "nc").symlink_to("../NC")  # another class's folder
+    (data / "test" / "NC" / "twice.jpeg").symlink_to(data / "train" / "AD" / "100001_70.jpeg")
+    source = dataset.load_source(str(data))
+    listed = all_files(source)
+    assert sorted(str(Path(file).resolve()) for file, _ in listed) == sorted(real)
+    for file, label in listed:
+        assert source.class_names[label] == real[str(Path(file).resolve())]
+
+
+def test_a_file_reached_through_two_links_is_listed_once(tmp_path):
+    (tmp_path / "scans").mkdir()
+    Image.new("L", (8, 8), 9).save(tmp_path / "scans" / "p1_1.png")
+    (tmp_path / "a").symlink_to("scans")
+    (tmp_path / "scans" / "p1_2.png").symlink_to("p1_1.png")
+    assert dataset.image_files(tmp_path) == [str(tmp_path / "a" / "p1_1.png")]
+
+
+def test_an_empty_adni_class_folder_is_refused_before_training(tmp_path, capsys):
+    data = write_adni(tmp_path / "AD_NC", train_patients=3, test_patients=1, slices=2)
+    for file in (data / "train" / "NC").iterdir():
+        file.unlink()
+    with pytest.raises(dataset.DataError, match=r"train/NC: no training images of class NC \(its patients: 1 in test\); a conditional prior"):
+        dataset.load_source(str(data))
+    import train
+
+    result = call_main(train.main, ["--data", str(data), "--out", str(tmp_path / "out"), "--logdir",
+                                    str(tmp_path / "logs"), *TINY], capsys)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: --data {data / 'train' / 'NC'}: no training")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_class_whose_patients_all_fall_outside_the_training_split_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls, patients in (("common", 6), ("rare", 1)):
+        (tmp_path / cls).mkdir()
+        for patient in range(patients):
+            fake_slice(rng, 16, 16).save(tmp_path / cls / f"{cls}{patient}_1.png")
+    # load_folder splits without the checks of load_source: a seed that leaves the one rare patient out of train.
+    seed = next(seed for seed in range(50) if 1 not in dataset.load_folder(tmp_path, seed=seed).splits["train"].labels)
+    with pytest.raises(dataset.DataError, match=r"rare: no training images of class rare \(its patients: 1 in "):
+        dataset.load_source(str(tmp_path), seed=seed)
+
+
+def test_an_empty_folder_beside_class_folders_is_named_as_no_class(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for cls in ("healthy", "tumour", "empty"):
+        (tmp_path / cls).mkdir()
+    for patient in range(4):
+        for cls in ("healthy", "tumour"):
+            fake_slice(rng, 16, 16).save(tmp_path / cls / f"{cls}{patient}_1.png")
+    source = dataset.load_source(str(tmp_path))
+    assert source.class_names == ["healthy", "tumour"]
+    assert f"Note: {tmp_path / 'empty'}: no images, so no class" in capsys.readouterr().out
+
+
+def png_with_chunk(path, kind, data):
+    """Insert a chunk right after IHDR (whose 25 bytes follow the 8-byte signature) of the PNG at `path`."""
+    raw = path.read_bytes()
+    chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(raw[:33] + chunk + raw[33:])
+
+
+def test_12_bit_data_in_16_bit_pngs_is_scaled_by_its_bit_depth_alike_for_every_slice(tmp_path, capsys):
+    ramp = np.arange(4096, dtype=np.uint16).reshape(64, 64)  # 12-bit data: values 0..4095
+    Image.fromarray(ramp).save(tmp_path / "p1_1.png")
+    Image.fromarray(np.full((64, 64), 1000, np.uint16)).save(tmp_path / "p1_2.png")  # a darker slice
+    Image.fromarray(np.full((64, 64), 100, np.uint16)).save(tmp_path / "p2_1.png")
+    png_with_chunk(tmp_path / "p2_1.png", b"sBIT", bytes([12]))  # the header says 12 significant bits
+    split = dataset.Split([str(tmp_path / f) for f in ("p1_1.png", "p1_2.png")], ["p1", "p1"], [-1, -1])
+    images = images_of(split, 64)[0][..., 0]
+    assert "use 12 bits (largest value 4095): read as values 0..4095, not 0..65535" in capsys.readouterr().out
+    level = 1 / 255 + 1e-6  # the 8-bit cache keeps a value within one level
+    np.testing.assert_allclose(images[0], ramp / 4095, atol=level)
+    assert len(np.unique(images[0])) == 256  # every grey level of the cache, not 4096 / 257 of them
+    np.testing.assert_allclose(images[1], 1000 / 4095, atol=level)  # its own maximum would make it 1.0
+    stated = images_of(dataset.Split([str(tmp_path / "p2_1.png")], ["p2"], [-1]), 64)[0]
+    np.testing.assert_allclose(stated, 100 / 4095, atol=level)
+    assert "as their sBIT chunks state" in capsys.readouterr().out
+
+
+def test_a_source_scales_its_16_bit_pngs_alike_in_every_split(tmp_path, capsys):
+    for patient in range(5):
+        value = 4095 if patient == 0 else 300  # the brightest slice is in one split only
+        Image.fromarray(np.full((8, 8), value, np.uint16)).save(tmp_path / f"p{patient}_1.png")
+    source = dataset.load_source(str(tmp_path))
+    assert capsys.readouterr().out.count("use 12 bits") == 1
+    for split in source.splits.values():  # per split, one without the bright slice would read 300 of 511
+        assert split.window == (0, 4095)
+        pixels = images_of(split, 8)[0].ravel()
+        assert np.abs(pixels[:, None] - [300 / 4095, 1.0]).min(axis=1).max() <= 1 / 255 + 1e-6
+    assert "use 12 bits" not in capsys.readouterr().out
+
+
+def colourful(size=(16, 16)):
+    rgb = np.zeros((*size, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 50, 250
+    return rgb
+
+
+def grey_of(rgb):
+    """Pillow's grey (ITU-R 601-2) of an RGB array, in [0, 1]: an independent reference."""
+    return np.asarray(Image.fromarray(rgb).convert("L"), np.float32) / 255
+
+
+@pytest.mark.parametrize("kind", ["RGBA", "LA", "palette", "grey tRNS", "GIF"])
+def test_transparent_pixels_decode_as_background(tmp_path, kind):
+    rgb, opaque = colourful(), np.zeros((16, 16), bool)
+    opaque[:, :8] = True  # the left half opaque, the right half transparent
+    alpha = np.where(opaque, 255, 0).astype(np.uint8)
+    path = tmp_path / ("p1_1.gif" if kind == "GIF" else "p1_1.png")
+    if kind == "RGBA":
+        Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(path)
+    elif kind == "LA":
+        Image.fromarray(np.dstack([grey_of(rgb) * 255, alpha]).round().astype(np.uint8), "LA").save(path)
+    elif kind == "grey tRNS":
+        Image.fromarray(np.where(opaque, 117, 180).astype(np.uint8)).save(path, transparency=180)
+    else:
+        indices = Image.fromarray(np.where(opaque, 1, 2).astype(np.uint8), "P")
+        indices.putpalette([0, 0, 0, 200, 50, 250, 250, 250, 10] + [0] * 759)
+        indices.save(path, transparency=2)
+    image = images_of(dataset.Split([str(path)], ["p1"], [-1]), 16)[0][0, ..., 0]
+    np.testing.assert_array_equal(image[:, 8:], 0.0)
+    np.testing.assert_allclose(image[:, :8], grey_of(rgb)[:, :8], atol=1.5 / 255)
+
+
+def test_a_cmyk_jpeg_decodes_like_its_rgb_original(tmp_path):
+    rgb = np.asarray(fake_slice(np.random.default_rng(1), 32, 32).convert("RGB")) * np.array([1.0, 0.8, 0.6])
+    rgb = rgb.astype(np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "p1_1.jpeg", quality=98)
+    Image.fromarray(rgb).save(tmp_path / "p2_1.jpeg", quality=98)  # an RGB one beside it, in the same split
+    split = dataset.Split([str(tmp_path / "p1_1.jpeg"), str(tmp_path / "p2_1.jpeg")], ["p1", "p2"], [-1, -1])
+    images, _, skipped = images_of(split, 32)
+    assert skipped == 0
+    for image in images:  # within JPEG's error, largest at the ellipses' edges
+        assert np.abs(image[..., 0] - grey_of(rgb)).mean() < 2 / 255
+        np.testing.assert_allclose(image[..., 0], grey_of(rgb), atol=16 / 255)
+    np.testing.assert_allclose(dataset.decode_image(str(tmp_path / "p1_1.jpeg"), 32), images[0], atol=1e-6)
+
+
+def png_claiming(path, width, height):
+    """A small valid PNG whose IHDR is rewritten to claim `width` x `height` (a decompression bomb's header)."""
+    Image.new("1", (8, 8)).save(path)
+    raw = bytearray(path.read_bytes())
+    raw[16:24] = struct.pack(">II", width, height)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    path.write_bytes(bytes(raw))
+
+
+def test_an_image_over_the_size_limit_is_named_as_too_large(tmp_path):
+    png_claiming(tmp_path / "p1_1.png", 30000, 30000)
+    Image.new("L", (8, 8), 50).save(tmp_path / "p2_1.png")
+    split = dataset.Split([str(tmp_path / "p1_1.png"), str(tmp_path / "p2_1.png")], ["p1", "p2"], [-1, -1])
+    message = f"p1_1.png: 30000x30000 pixels, too large: over the limit of {Image.MAX_IMAGE_PIXELS} pixels"
+    with pytest.raises(dataset.UnreadableImages, match=message):
+        dataset.decoded_split(split, 8)
+    with pytest.raises(dataset.UnreadableImages, match=message):
+        dataset.decode_image(str(tmp_path / "p1_1.png"), 8)
+    assert dataset.decoded_split(split, 8, skip_bad=True).skipped == 1
