@@ -26,11 +26,11 @@ With a prior (has_prior):
         at a time in raster order (previous: the codes at position - 1), which the codec runs
 `[, labels]`: an input of conditional priors only, and required there.
 
-Every endpoint checks its inputs before any work and raises tf.errors.InvalidArgumentError, whose message
-names the argument and what it expects, rather than wrap, clamp or draw from nonsense: images with values
-outside [0, 1] or NaN, codes (and previous) outside 0..num_codes-1, a label or labels outside
-0..len(class_names)-1 or labels not one per image, n below 1, temperature not positive and finite, top_k
-outside 0..num_codes, top_p outside (0, 1], position outside 0..grid*grid-1.
+Every endpoint checks its inputs before any work and raises tf.errors.InvalidArgumentError, its message
+naming the argument and what it expects, instead of wrapping, clamping or drawing from nonsense: images with
+values outside [0, 1] or NaN; codes and previous outside 0..num_codes-1; label and labels outside
+0..len(class_names)-1; labels or previous not one for each image; n below 1; temperature not positive and
+finite; top_k outside 0..num_codes; top_p outside (0, 1]; position outside 0..grid*grid-1.
 """
 
 import json
