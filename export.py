@@ -25,6 +25,12 @@ With a prior (has_prior):
     prior_step(state, position, previous) -> the next state with "logits" [N, K] added: the prior one position
         at a time in raster order (previous: the codes at position - 1), which the codec runs
 `[, labels]`: an input of conditional priors only, and required there.
+
+Every endpoint checks its inputs before any work and raises tf.errors.InvalidArgumentError, its message
+naming the argument and what it expects, instead of wrapping, clamping or drawing from nonsense: images with
+values outside [0, 1] or NaN; codes and previous outside 0..num_codes-1; label and labels outside
+0..len(class_names)-1; labels or previous not one for each image; n below 1; temperature not positive and
+finite; top_k outside 0..num_codes; top_p outside (0, 1]; position outside 0..grid*grid-1.
 """
 
 import json
@@ -56,13 +62,17 @@ def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_count
     metadata_json = json.dumps(metadata, sort_keys=True)
     archive = ExportArchive()
     archive.track(vqvae)
-    archive.add_endpoint("encode", vqvae.encode, input_signature=[specs["images"]])
-    archive.add_endpoint("decode", vqvae.decode, input_signature=[specs["codes"]])
-    archive.add_endpoint("reconstruct", vqvae.reconstruct, input_signature=[specs["images"]])
+    num_codes = vqvae.quantizer.num_codes
+    archive.add_endpoint("encode", lambda images: vqvae.encode(checked_images(images)),
+                         input_signature=[specs["images"]])
+    archive.add_endpoint("decode", lambda codes: vqvae.decode(checked_codes(codes, num_codes)),
+                         input_signature=[specs["codes"]])
+    archive.add_endpoint("reconstruct", lambda images: vqvae.reconstruct(checked_images(images)),
+                         input_signature=[specs["images"]])
     archive.add_endpoint("metadata", lambda: tf.constant(metadata_json), input_signature=[])
     if texture is not None:
         archive.track(texture)
-        archive.add_endpoint("texture", lambda images, seed: texture(images, seed=seed),
+        archive.add_endpoint("texture", lambda images, seed: texture(checked_images(images), seed=seed),
                              input_signature=[specs["images"], specs["seed"]])
     if prior is not None:
         archive.track(prior)
@@ -90,14 +100,17 @@ def _add_sampling_endpoints(archive, vqvae, prior, specs, class_counts, backgrou
         return vqvae.decode(sample_codes(n, labels, temperature, seed, top_k=top_k, top_p=top_p, background=marked))
 
     def sample(n, temperature, seed, top_k, top_p, keep_background):
+        n, temperature, top_k, top_p = checked_sampling(n, temperature, top_k, top_p, prior.num_codes)
         labels = None
         if prior.num_classes:
             log_weights = tf.math.log(tf.constant(class_counts, tf.float32)[None, :])
             labels = tf.random.stateless_categorical(log_weights, n, tf.stack([seed, -1]), dtype=tf.int32)[0]
         return decoded_sample(n, labels, temperature, seed, top_k, top_p, keep_background)
 
-    def sample_class(n, label, *sampling):
-        return decoded_sample(n, tf.fill([n], label), *sampling)
+    def sample_class(n, label, temperature, seed, top_k, top_p, keep_background):
+        n, temperature, top_k, top_p = checked_sampling(n, temperature, top_k, top_p, prior.num_codes)
+        label = _passed(label, _within(label, 0, prior.num_classes - 1, _class_message("label", prior.num_classes)))
+        return decoded_sample(n, tf.fill([n], label), temperature, seed, top_k, top_p, keep_background)
 
     archive.add_endpoint("sample", sample, input_signature=[specs[name] for name in ("n", *SAMPLING)])
     if prior.num_classes:
@@ -108,22 +121,93 @@ def _add_sampling_endpoints(archive, vqvae, prior, specs, class_counts, backgrou
 def _add_scoring_endpoints(archive, vqvae, prior, specs):
     """prior_logits, log_prob, prior_start and prior_step, with a labels input where the prior is conditional."""
     with_labels = [tf.TensorSpec([None], tf.int32, name="labels")] if prior.num_classes else []
-    archive.add_endpoint("prior_logits", lambda codes, labels=None: prior.logits(codes, labels),
-                         input_signature=[specs["codes"], *with_labels])
-    archive.add_endpoint("log_prob", lambda images, labels=None: prior.log_prob(vqvae.encode(images), labels),
-                         input_signature=[specs["images"], *with_labels])
-    archive.add_endpoint("prior_start", lambda n, labels=None: prior.initial_state(n, labels),
-                         input_signature=[specs["n"], *with_labels])
+    num_codes, num_classes, positions = prior.num_codes, prior.num_classes, prior.grid_size ** 2
+
+    def prior_logits(codes, labels=None):
+        codes = checked_codes(codes, num_codes)
+        return prior.logits(codes, checked_labels(labels, num_classes, tf.shape(codes)[0]))
+
+    def log_prob(images, labels=None):
+        images = checked_images(images)
+        return prior.log_prob(vqvae.encode(images), checked_labels(labels, num_classes, tf.shape(images)[0]))
+
+    def prior_start(n, labels=None):
+        n = _passed(n, [_positive_count(n)])
+        return prior.initial_state(n, checked_labels(labels, num_classes, n))
+
+    archive.add_endpoint("prior_logits", prior_logits, input_signature=[specs["codes"], *with_labels])
+    archive.add_endpoint("log_prob", log_prob, input_signature=[specs["images"], *with_labels])
+    archive.add_endpoint("prior_start", prior_start, input_signature=[specs["n"], *with_labels])
     # Compiled alone, so that every caller (the codec's encoder and decoder alike) runs the same arithmetic.
     step = tf.function(prior.step, jit_compile=True)
 
     def prior_step(state, position, previous):
+        position = _passed(position, _within(position, 0, positions - 1,
+                                             f"position: expected a position from 0 to {positions - 1}"))
+        previous = _passed(checked_codes(previous, num_codes, "previous"), [tf.debugging.assert_equal(
+            tf.size(previous), tf.shape(state["row"])[0], message="previous: expected one code per grid of the state")])
         state, logits = step(state, position, previous)
         return {**state, "logits": logits}  # flat: a signature's outputs cannot nest
 
     archive.add_endpoint("prior_step", prior_step,
                          input_signature=[prior_state_spec(prior), specs["position"],
                                           tf.TensorSpec([None], tf.int32, name="previous")])
+
+
+# The checks of the endpoints' inputs. Each returns its input, which then depends on assertions that have
+# passed, so that no work starts on a bad input. They run outside the XLA-compiled sampler and step: XLA
+# drops assertions, and clamps an index out of range where TensorFlow would refuse it.
+
+def _passed(values, assertions):
+    """`values` (a tensor or a structure of them), once every one of `assertions` has passed."""
+    with tf.control_dependencies(assertions):
+        return tf.nest.map_structure(tf.identity, values)
+
+
+def _within(value, low, high, message):
+    """Assertions that every element of `value` is from `low` to `high` (NaN never is)."""
+    return [tf.debugging.assert_greater_equal(value, tf.cast(low, value.dtype), message=message),
+            tf.debugging.assert_less_equal(value, tf.cast(high, value.dtype), message=message)]
+
+
+def _class_message(name, num_classes):
+    return f"{name}: expected a class index from 0 to {num_classes - 1}"
+
+
+def _positive_count(n):
+    return tf.debugging.assert_positive(n, message="n: expected a positive number of images")
+
+
+def checked_images(images):
+    """`images` once their values are known to be in [0, 1]."""
+    return _passed(images, _within(images, 0.0, 1.0, "images: expected values from 0 to 1 (and no NaN)"))
+
+
+def checked_codes(codes, num_codes, name="codes"):
+    """`codes` once each is known to be one of the `num_codes` codes."""
+    return _passed(codes, _within(codes, 0, num_codes - 1, f"{name}: expected codes from 0 to {num_codes - 1}"))
+
+
+def checked_labels(labels, num_classes, count):
+    """`labels` once they are known to be `count` class indices (None stays None: an unconditional prior)."""
+    if labels is None:
+        return None
+    message = _class_message("labels", num_classes) + " for each image"
+    return _passed(labels, [*_within(labels, 0, num_classes - 1, message),
+                            tf.debugging.assert_equal(tf.size(labels), count, message=message)])
+
+
+def checked_sampling(n, temperature, top_k, top_p, num_codes):
+    """(n, temperature, top_k, top_p) of the sampling endpoints, once each is known to be in its range."""
+    temperature_message = "temperature: expected a finite number above 0"
+    top_p_message = "top_p: expected a probability above 0 and at most 1"
+    return _passed((n, temperature, top_k, top_p), [
+        _positive_count(n),
+        tf.debugging.assert_positive(temperature, message=temperature_message),
+        tf.debugging.assert_less(temperature, tf.constant(np.inf, temperature.dtype), message=temperature_message),
+        *_within(top_k, 0, num_codes, f"top_k: expected 0 (every code) or a number of codes up to {num_codes}"),
+        tf.debugging.assert_positive(top_p, message=top_p_message),
+        tf.debugging.assert_less_equal(top_p, tf.constant(1.0, top_p.dtype), message=top_p_message)])
 
 
 def prior_state_spec(prior):

@@ -1,0 +1,143 @@
+"""The exported SavedModel checks its inputs, called from plain TensorFlow in a process without this project."""
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from conftest import run
+
+# Run in a fresh process on the session's conditional export: each bad call, as (the argument its error must
+# name, the call), and each call at the edge of the ranges, which must still work. K codes, C classes, G grid.
+SCRIPT = textwrap.dedent("""
+    import importlib.util, json, sys, numpy as np, tensorflow as tf
+    for name in ("modules", "prior", "export"):
+        assert importlib.util.find_spec(name) is None, name  # this project is not importable here
+    model = tf.saved_model.load(sys.argv[1])
+    meta = json.loads(model.metadata().numpy().decode())
+    K, C, G, S = meta["num_codes"], len(meta["class_names"]), meta["grid"], meta["image_size"]
+
+    def codes(*values):  # one grid per value, each all zeros but its first code
+        grids = np.zeros((len(values), G, G), np.int32)
+        grids[:, 0, 0] = values
+        return tf.constant(grids)
+
+    def images(*values):  # one image per value, each all 0.5 but its first pixel
+        batch = np.full((len(values), S, S, 1), 0.5, np.float32)
+        batch[:, 0, 0, 0] = values
+        return tf.constant(batch)
+
+    def sample(n=2, temperature=1.0, top_k=0, top_p=1.0):
+        return model.sample(n, temperature, 0, top_k, top_p, False)
+
+    def sample_class(label=0, n=2, temperature=1.0, top_k=0, top_p=1.0):
+        return model.sample_class(n, label, temperature, 0, top_k, top_p, True)
+
+    def step(position=1, previous=(0,), label=0):
+        return model.prior_step(model.prior_start(1, tf.constant([label])), position, tf.constant(previous))
+
+    nan, inf = float("nan"), float("inf")
+    bad = {
+        "decode code -1": ("codes", lambda: model.decode(codes(-1))),
+        "decode code K": ("codes", lambda: model.decode(codes(K))),
+        "decode code 9999": ("codes", lambda: model.decode(codes(0, 9999))),
+        "prior_logits code -1": ("codes", lambda: model.prior_logits(codes(-1), tf.constant([0]))),
+        "prior_logits label C": ("labels", lambda: model.prior_logits(codes(0), tf.constant([C]))),
+        "prior_logits 1 label for 2 grids": ("labels", lambda: model.prior_logits(codes(0, 0), tf.constant([0]))),
+        "log_prob label -1": ("labels", lambda: model.log_prob(images(0.5), tf.constant([-1]))),
+        "prior_start label C": ("labels", lambda: model.prior_start(1, tf.constant([C]))),
+        "prior_start 1 label for 2 grids": ("labels", lambda: model.prior_start(2, tf.constant([0]))),
+        "sample_class label 99": ("label", lambda: sample_class(99)),
+        "sample_class label -1": ("label", lambda: sample_class(-1)),
+        "sample_class label C": ("label", lambda: sample_class(C)),
+        "sample n 0": ("n", lambda: sample(n=0)),
+        "sample n -1": ("n", lambda: sample(n=-1)),
+        "sample_class n 0": ("n", lambda: sample_class(n=0)),
+        "prior_start n 0": ("n", lambda: model.prior_start(0, tf.zeros([0], tf.int32))),
+        "sample temperature nan": ("temperature", lambda: sample(temperature=nan)),
+        "sample temperature -1": ("temperature", lambda: sample(temperature=-1.0)),
+        "sample temperature 0": ("temperature", lambda: sample(temperature=0.0)),
+        "sample temperature inf": ("temperature", lambda: sample(temperature=inf)),
+        "sample_class temperature nan": ("temperature", lambda: sample_class(temperature=nan)),
+        "sample top_k -1": ("top_k", lambda: sample(top_k=-1)),
+        "sample top_k K+1": ("top_k", lambda: sample(top_k=K + 1)),
+        "sample_class top_k K+1": ("top_k", lambda: sample_class(top_k=K + 1)),
+        "sample top_p 0": ("top_p", lambda: sample(top_p=0.0)),
+        "sample top_p -0.1": ("top_p", lambda: sample(top_p=-0.1)),
+        "sample top_p 1.5": ("top_p", lambda: sample(top_p=1.5)),
+        "sample top_p nan": ("top_p", lambda: sample(top_p=nan)),
+        "encode nan": ("images", lambda: model.encode(images(nan))),
+        "encode 1.5": ("images", lambda: model.encode(images(0.5, 1.5))),
+        "reconstruct -0.5": ("images", lambda: model.reconstruct(images(-0.5))),
+        "texture nan": ("images", lambda: model.texture(images(nan), 0)),
+        "log_prob 2": ("images", lambda: model.log_prob(images(2.0), tf.constant([0]))),
+        "prior_step position -1": ("position", lambda: step(position=-1)),
+        "prior_step position G*G": ("position", lambda: step(position=G * G)),
+        "prior_step previous K": ("previous", lambda: step(previous=(K,))),
+        "prior_step previous -1": ("previous", lambda: step(previous=(-1,))),
+        "prior_step 2 previous for 1 grid": ("previous", lambda: step(previous=(0, 0))),
+    }
+    good = {
+        "decode codes 0 and K-1": lambda: model.decode(codes(0, K - 1)),
+        "prior_logits codes 0 and K-1, labels 0 and C-1": lambda: model.prior_logits(codes(0, K - 1),
+                                                                                     tf.constant([0, C - 1])),
+        "encode 0 and 1": lambda: model.encode(images(0.0, 1.0)),
+        "reconstruct 0 and 1": lambda: model.reconstruct(images(0.0, 1.0)),
+        "texture 0 and 1": lambda: model.texture(images(0.0, 1.0), 0),
+        "log_prob 0 and 1, labels 0 and C-1": lambda: model.log_prob(images(0.0, 1.0), tf.constant([0, C - 1])),
+        "sample n 1, top_k K, top_p 1": lambda: sample(n=1, top_k=K, top_p=1.0),
+        "sample small temperature and top_p": lambda: sample(temperature=1e-6, top_p=1e-6),
+        "sample_class label 0, top_k K": lambda: sample_class(0, top_k=K),
+        "sample_class label C-1, top_k 1": lambda: sample_class(C - 1, top_k=1),
+        "prior_step position 0": lambda: step(position=0, label=C - 1)["logits"],
+        "prior_step position G*G-1, previous K-1": lambda: step(position=G * G - 1, previous=(K - 1,))["logits"],
+    }
+    results = {}
+    for name, (argument, call) in bad.items():
+        try:
+            call()
+            results[name] = {"argument": argument, "error": None}
+        except Exception as error:
+            results[name] = {"argument": argument, "error": type(error).__name__,
+                             "message": getattr(error, "message", str(error))}
+    for name, call in good.items():
+        results[name] = {"shape": list(call().shape)}
+    print(json.dumps({"metadata": meta, "results": results}))
+""")
+
+
+@pytest.fixture(scope="module")
+def called(trained, tmp_path_factory):
+    """(the export's metadata, {case: what the fresh process saw}) for every call in SCRIPT."""
+    out = trained[0]
+    result = run([sys.executable, "-c", SCRIPT, str(out)], cwd=tmp_path_factory.mktemp("plain"),
+                 env={"PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    return printed["metadata"], printed["results"]
+
+
+def test_every_bad_input_is_an_invalid_argument_error_naming_the_argument(called):
+    metadata, results = called
+    assert metadata["class_names"] == ["AD", "NC"] and metadata["has_prior"]  # the conditional export
+    bad = {name: result for name, result in results.items() if "argument" in result}
+    assert len(bad) > 30
+    wrong = {name: result for name, result in bad.items()
+             if result["error"] != "InvalidArgumentError" or f"{result['argument']}: expected" not in result["message"]}
+    assert not wrong, json.dumps(wrong, indent=1)[:4000]
+
+
+def test_inputs_at_the_edges_of_their_ranges_still_work(called):
+    metadata, results = called
+    size, grid, num_codes = metadata["image_size"], metadata["grid"], metadata["num_codes"]
+    expected = {"decode codes 0 and K-1": [2, size, size, 1],
+                "prior_logits codes 0 and K-1, labels 0 and C-1": [2, grid, grid, num_codes],
+                "encode 0 and 1": [2, grid, grid], "reconstruct 0 and 1": [2, size, size, 1],
+                "texture 0 and 1": [2, size, size, 1], "log_prob 0 and 1, labels 0 and C-1": [2],
+                "sample n 1, top_k K, top_p 1": [1, size, size, 1],
+                "sample small temperature and top_p": [2, size, size, 1],
+                "sample_class label 0, top_k K": [2, size, size, 1],
+                "sample_class label C-1, top_k 1": [2, size, size, 1],
+                "prior_step position 0": [1, num_codes], "prior_step position G*G-1, previous K-1": [1, num_codes]}
+    assert {name: results[name]["shape"] for name in expected} == expected
