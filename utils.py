@@ -85,7 +85,7 @@ def atomic_directory(path):
 
 MARKER = ".brain_vqvae"  # in every folder the tools create: the JSON of what the folder is and which run wrote it
 KINDS = {"export": "an export of train.py", "checkpoints": "train.py's checkpoints",
-         "predictions": "predict.py's outputs"}
+         "predictions": "predict.py's outputs", "figures": "the figures of the documentation"}
 
 
 def mark_as_ours(folder, kind, owner=None):

@@ -2,6 +2,7 @@
 another kind's folder, another run's checkpoints and the data folder; predict.py locks its --out and replaces
 it as a whole; a run that fails early leaves nothing behind."""
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +85,16 @@ def test_train_refuses_a_folder_of_predictions(data, tmp_path, capsys):
     line = refused(train.main, train_argv(data, predictions, tmp_path / "logs"), capsys)
     assert line == (f"error: --out {predictions}: holds predict.py's outputs; expected a new or empty folder, or an "
                     f"export of train.py, for the SavedModel (nothing was changed)")
+    assert snapshot(tmp_path) == before
+
+
+def test_the_documentations_figures_are_never_replaced_by_predictions(tmp_path, capsys):
+    assert marker_of(ROOT / "assets")["kind"] == "figures"
+    shutil.copytree(ROOT / "assets", tmp_path / "assets")
+    before = snapshot(tmp_path)
+    line = refused(predict.main, ["--model", str(tmp_path / "model"), "--n", "2", "--out", str(tmp_path / "assets")],
+                   capsys)
+    assert "holds the figures of the documentation; expected a new or empty folder, or predict.py's outputs" in line
     assert snapshot(tmp_path) == before
 
 
@@ -195,6 +206,18 @@ def test_predict_refuses_an_out_in_the_models_training_data_or_in_what_it_reads(
     assert line == (f"error: --out {coded}: --decompress {coded / 'a.vqz'} is inside it, and --out is replaced as a "
                     f"whole when the run ends; expected a folder apart from it")
     assert (coded / "a.vqz").read_bytes() == b"VQ" and not (tmp_path / "other" / "test" / "e").exists()
+    line = refused(predict.main, [*model, "--reconstruct-volume", str(tmp_path / "scan.nii"), "--out",
+                                  str(data / "r.nii")], capsys)
+    assert line.startswith(f"error: --out {data / 'r.nii'}: inside --model {out}'s training data {data}")
+
+
+def test_metrics_out_inside_out_is_written_with_the_rest(trained, tmp_path, capsys):
+    out, _, data, _ = trained
+    result = call_main(predict.main, ["--model", str(out), "--evaluate", str(data), "--out", str(tmp_path / "e"),
+                                      "--metrics-out", str(tmp_path / "e" / "sub" / "m.json")], capsys)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "e" / "sub" / "m.json").is_file() and (tmp_path / "e" / "evaluation_test.csv").is_file()
+    assert f"metrics: {tmp_path / 'e' / 'sub' / 'm.json'}" in result.stdout
 
 
 @pytest.mark.parametrize("flag", ["--out", "--logdir"])
@@ -217,8 +240,10 @@ def test_train_refuses_a_logdir_inside_the_tools_outputs(data, tmp_path, capsys)
 # A run that fails early leaves nothing behind; one that saved an epoch keeps it.
 
 @pytest.mark.parametrize("extra, message", [(["--batch-size", "1000"], "--batch-size 1000"),
-                                            (["--resume"], "--resume: no saved run")])
-def test_a_run_that_fails_early_leaves_nothing_behind(data, tmp_path, capsys, extra, message):
+                                            (["--resume"], "--resume: no saved run"),
+                                            (["--data", "an empty folder"], "found no images")])
+def test_a_run_that_fails_early_leaves_nothing_behind(data, tmp_path, tmp_path_factory, capsys, extra, message):
+    extra = [str(tmp_path_factory.mktemp("empty")) if part == "an empty folder" else part for part in extra]
     line = refused(train.main, train_argv(data, tmp_path / "new" / "r", tmp_path / "logs", *extra), capsys)
     assert message in line
     assert list(tmp_path.iterdir()) == []  # no r_checkpoints/{lock, .brain_vqvae, vqvae/}, no new/
