@@ -201,7 +201,7 @@ def load_split(flag, data, split, config, image_size):
 def check_outputs(args):
     """Exit with one line, before any work, if the outputs cannot be written where the flags say: --out new,
     empty or predict.py's own, apart from what this run reads and from the data the model was trained on."""
-    check_output_folder("--out", args.out, "predict.py's outputs", "predictions")
+    check_output_folder("--out", args.out, "this run's files", "predictions")
     check_apart("--out", args.out, read_paths(args))
     if args.metrics_out:
         metrics_out = Path(args.metrics_out)

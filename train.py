@@ -173,7 +173,7 @@ class Run:
         for flag, path in (("--out", self.out), ("--out", self.checkpoints), ("--logdir", self.logdir)):
             if is_inside(path, self.data):
                 fail(f"{flag} {path}: inside --data {self.data}, where the next training run would read what "
-                     f"this one writes as images; expected a folder outside it")
+                     f"this one writes as data; expected a folder outside it")
         if is_inside(self.data, self.out):
             fail(f"--data {self.data}: inside --out {self.out}, which is replaced on export; move the data out")
 
