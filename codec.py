@@ -27,7 +27,7 @@ import tensorflow as tf
 
 import dataset
 from figures import png_bytes
-from utils import fail, mark_as_ours, write_bytes
+from utils import fail, write_bytes
 
 MAGIC = b"VQ"
 VERSION = 1
@@ -251,8 +251,7 @@ def decompress_files(codec, given, out, flag="--decompress"):
 
 
 def _output(out, name):
-    """`out`/`name`, its folders made (`out` marked as the tools' on its first file)."""
-    mark_as_ours(out, "predictions")
+    """`out`/`name`, its folders made."""
     path = Path(out) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     return path

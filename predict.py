@@ -10,6 +10,8 @@
     python predict.py --reconstruct-volume scan.nii.gz --out recon.nii.gz   # a whole volume, slice by slice
 
 --out is the output folder in every mode except --reconstruct-volume, where it is the new .nii or .nii.gz file.
+A run writes its folder beside --out and, when it succeeds, replaces --out with it as a whole (a failed run
+leaves --out as it was); a second run on the same --out meanwhile is refused.
 --reconstruct and --evaluate split DATA as the model's training did, with the data settings its config.json
 recorded (seed, layout, axis, slices, validation fraction), so a test split never holds a training patient.
 Only the SavedModel written by train.py is loaded (and, for --curves, its TensorBoard logs).
@@ -36,8 +38,8 @@ import volumes
 from codec import HEADER, CodecError, PriorCodec, compress_files, decompress_files, model_fingerprint, prior_bits
 from export import add_texture, load_export, sample_images
 from metrics import evaluate_reconstructions, prior_scorer, psnr_text, ssim
-from utils import (check_free_space, check_output_folder, check_writable, fail, first_line, mark_as_ours,
-                   save_figure, write_bytes, write_json)
+from utils import (check_apart, check_free_space, check_output_folder, check_writable, fail, final_path, first_line,
+                   replaced_folder, save_figure, write_bytes, write_json)
 
 MAX_SAMPLES = 1_000_000  # --n beyond this is refused as a typo rather than a plan
 GRID_SIZE = 64  # the grid shows at most this many of the generated images
@@ -83,8 +85,9 @@ def build_parser():
                        "write the volume in the input's voxel grid to --out, with a figure of three orthogonal "
                        "views beside it")
     parser.add_argument("--model", default="saved_models/vqvae", help="SavedModel folder (default: %(default)s)")
-    parser.add_argument("--out", help=f"the output folder (default: {DEFAULT_OUT}); with --reconstruct-volume, "
-                        "the new .nii or .nii.gz file to write (required there)")
+    parser.add_argument("--out", help=f"the output folder, replaced as a whole when the run succeeds (default: "
+                        f"{DEFAULT_OUT}); with --reconstruct-volume, the new .nii or .nii.gz file to write (required "
+                        "there)")
     parser.add_argument("--n", type=int, help="generating: how many images to generate (default: 16); "
                         f"--reconstruct: how many test slices to show, at most {MAX_SHOWN} (default: 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: %(default)s); data "
@@ -196,13 +199,40 @@ def load_split(flag, data, split, config, image_size):
 
 
 def check_outputs(args):
-    """Exit with one line, before any work, if the outputs cannot be written where the flags say."""
-    check_output_folder("--out", args.out, "predict.py's outputs")
+    """Exit with one line, before any work, if the outputs cannot be written where the flags say: --out new,
+    empty or predict.py's own, apart from what this run reads and from the data the model was trained on."""
+    check_output_folder("--out", args.out, "this run's files", "predictions")
+    check_apart("--out", args.out, read_paths(args))
     if args.metrics_out:
         metrics_out = Path(args.metrics_out)
         if metrics_out.is_dir() or (metrics_out.exists() and not _is_evaluation(metrics_out)):
             fail(f"--metrics-out {metrics_out}: something that predict.py did not write is there; choose a new file")
         check_writable("--metrics-out", metrics_out.parent)
+
+
+def read_paths(args):
+    """(what, path) of each file and folder that the flags name for this run to read, and of the data that the
+    model was trained on, which the next training run reads."""
+    given = {"--model": [args.model], "--reconstruct": [args.reconstruct], "--evaluate": [args.evaluate],
+             "--curves": [args.curves], "--compress": args.compress or [], "--decompress": args.decompress or []}
+    named = [(flag, path) for flag, paths in given.items() for path in paths if path not in (None, "demo")]
+    return named + [(f"--model {args.model}'s training data", path) for path in training_data(args.model)]
+
+
+def training_data(model):
+    """The data that the model at `model` was trained on, as its config.json records it (nothing without one:
+    open_model and recorded_config say what is wrong where it matters)."""
+    try:
+        config = json.loads((Path(model) / "config.json").read_text())
+        return [path for path in (config["data"], config["data_root"]) if path]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+
+
+def new_outputs(args):
+    """utils.replaced_folder of --out, once check_outputs passes: the folder to write this run's outputs in."""
+    check_outputs(args)
+    return replaced_folder(args.out, "predictions")
 
 
 def _is_evaluation(path):
@@ -213,8 +243,9 @@ def _is_evaluation(path):
         return False
 
 
-def check_volume_outputs(out):
-    """(output volume path, figure path), or exit with one line if --out is not a new .nii/.nii.gz file."""
+def check_volume_outputs(out, model):
+    """(output volume path, figure path), or exit with one line if --out is not a new .nii/.nii.gz file in a
+    folder that is there, outside the data the model at `model` was trained on."""
     out = Path(out)
     if not out.name.endswith((".nii", ".nii.gz")):
         fail(f"--out {out}: expected a .nii or .nii.gz file name for --reconstruct-volume")
@@ -222,7 +253,8 @@ def check_volume_outputs(out):
     for path in (out, figure):
         if path.exists():
             fail(f"--out {out}: {path} is already there; choose a new name (nothing was changed)")
-    check_writable("--out", out.parent)
+    check_writable("--out", out, new_file=True)
+    check_apart("--out", out, [(f"--model {model}'s training data", path) for path in training_data(model)])
     return out, figure
 
 
@@ -231,8 +263,9 @@ def check_volume_outputs(out):
 
 
 def generate(model, metadata, args, out):
-    """Sample `args.n` new slices, --batch-size at a time, each written as a PNG as soon as it is drawn (so a
-    stopped run leaves complete images), and a grid of the first GRID_SIZE. Returns (grid path, image paths)."""
+    """Sample `args.n` new slices into the folder `out`, --batch-size at a time, each written as a PNG as soon
+    as it is drawn (memory does not grow with --n), and a grid of the first GRID_SIZE. Returns (grid path, image
+    paths)."""
     classes = metadata["class_names"]
     if not metadata.get("has_prior"):
         fail(f"--model {args.model}: this export has no prior to sample from; "
@@ -244,7 +277,6 @@ def generate(model, metadata, args, out):
     size = metadata["image_size"]
     needed = args.n * (size * size * 1.1 + 1024)  # an 8-bit PNG is at most about its raw size
     check_free_space(f"--n {args.n}", out, needed, f"{args.n:,} images of {size}x{size}")
-    mark_as_ours(out, "predictions")
     stem = f"sample_{args.label}" if args.label else "sample"
     width = max(3, len(str(args.n - 1)))
     paths, shown = [], []
@@ -309,7 +341,6 @@ def reconstruct_figure(model, metadata, args, out):
     scores = ssim(images, reconstructions).numpy()
     title = f"{source.kind} test slices (top) and reconstructions (bottom); mean SSIM {scores.mean():.3f}"
     figure = figures.reconstructions_figure(images, reconstructions, [f"SSIM {s:.3f}" for s in scores], title)
-    mark_as_ours(out, "predictions")
     path = out / f"reconstructions_{source.kind}.png"
     save_figure(figure, path, dpi=100, bbox_inches="tight")
     return path
@@ -324,8 +355,7 @@ def evaluate_split(model, metadata, args, out):
     summary, per_image, counts = evaluate_reconstructions(model, dataset.batched(decoded.images, 32),
                                                          metadata["num_codes"], log_prob)
     summary.update(data=source.root, source=source.kind, split=args.split, model=str(args.model))
-    mark_as_ours(out, "predictions")
-    paths = {"metrics": Path(args.metrics_out or out / f"evaluation_{args.split}.json"),
+    paths = {"metrics": metrics_path(args, out),
              "csv": out / f"evaluation_{args.split}.csv",
              "examples": out / f"evaluation_{args.split}_examples.png",
              "codebook": out / f"evaluation_{args.split}_codebook_usage.png"}
@@ -336,6 +366,15 @@ def evaluate_split(model, metadata, args, out):
                 bbox_inches="tight")
     save_figure(figures.codebook_figure(counts), paths["codebook"], dpi=100, bbox_inches="tight")
     return summary, paths
+
+
+def metrics_path(args, folder):
+    """Where --evaluate writes its metrics JSON, given new_outputs' `folder`: --metrics-out (in `folder` if it
+    is inside --out), else evaluation_SPLIT.json in `folder`."""
+    if args.metrics_out is None:
+        return folder / f"evaluation_{args.split}.json"
+    path, out = Path(os.path.abspath(args.metrics_out)), Path(os.path.abspath(args.out))
+    return folder / path.relative_to(out) if out in path.parents else path
 
 
 def per_image_csv(source, split, origins, per_image):
@@ -369,50 +408,49 @@ def examples_figure(model, decoded, scores):
 
 def run_generate(args):
     """Generate --n slices and their grid."""
-    check_outputs(args)
-    model, metadata = open_model(args.model)
-    grid, paths = generate(model, metadata, args, Path(args.out))
-    print(f"Grid:   {grid}")
-    print(f"Images: {len(paths)} PNGs, {paths[0]} ... {paths[-1]}")
+    with new_outputs(args) as folder:
+        model, metadata = open_model(args.model)
+        grid, paths = generate(model, metadata, args, folder)
+    first, last = (final_path(path, folder, args.out) for path in (paths[0], paths[-1]))
+    print(f"Grid:   {final_path(grid, folder, args.out)}")
+    print(f"Images: {len(paths)} PNGs, {first} ... {last}")
 
 
 def run_reconstruct(args):
     """Show test slices of --reconstruct above their reconstructions."""
-    check_outputs(args)
-    model, metadata = open_model(args.model)
-    print(f"Reconstructions: {reconstruct_figure(model, metadata, args, Path(args.out))}")
+    with new_outputs(args) as folder:
+        model, metadata = open_model(args.model)
+        path = reconstruct_figure(model, metadata, args, folder)
+    print(f"Reconstructions: {final_path(path, folder, args.out)}")
 
 
 def run_evaluate(args):
     """Evaluate the model on a split of --evaluate."""
-    check_outputs(args)
-    model, metadata = open_model(args.model)
-    summary, paths = evaluate_split(model, metadata, args, Path(args.out))
+    with new_outputs(args) as folder:
+        model, metadata = open_model(args.model)
+        summary, paths = evaluate_split(model, metadata, args, folder)
     bits = summary.get("prior_bits_per_code")
     prior = f", prior {bits:.3f} bits per code" if bits is not None else ""
     print(f"{summary['source']} {args.split} ({summary['n_images']} images): SSIM {summary['ssim_mean']:.4f} "
           f"± {summary['ssim_std']:.4f}, {psnr_text(summary)}, codes used "
           f"{summary['codes_used']}/{summary['num_codes']}{prior}")
     for name, path in paths.items():
-        print(f"{name:>9}: {path}")
+        print(f"{name:>9}: {final_path(path, folder, args.out)}")
 
 
 def run_curves(args):
     """Plot the training curves of the logs at --curves."""
-    check_outputs(args)
-    try:
-        figure = figures.training_curves_figure(args.curves)
-    except FileNotFoundError as error:
-        fail(f"--curves {error}")
-    out = Path(args.out)
-    mark_as_ours(out, "predictions")
-    save_figure(figure, out / "training_curves.png", dpi=100)
-    print(f"Training curves: {out / 'training_curves.png'}")
+    with new_outputs(args) as folder:
+        try:
+            figure = figures.training_curves_figure(args.curves)
+        except FileNotFoundError as error:
+            fail(f"--curves {error}")
+        save_figure(figure, folder / "training_curves.png", dpi=100)
+    print(f"Training curves: {Path(args.out) / 'training_curves.png'}")
 
 
 def open_codec(args):
     """The codec of the export at --model; exits with one line if it cannot code (it has no prior)."""
-    check_outputs(args)
     model, metadata = open_model(args.model)
     try:
         return PriorCodec(model, metadata, model_fingerprint(args.model))
@@ -422,8 +460,9 @@ def open_codec(args):
 
 def run_compress(args):
     """Compress the images of --compress into one file each."""
-    codec = open_codec(args)
-    written, total, ideal, seconds = compress_files(codec, args.compress, Path(args.out), args.batch_size)
+    with new_outputs(args) as folder:
+        codec = open_codec(args)
+        written, total, ideal, seconds = compress_files(codec, args.compress, folder, args.batch_size)
     side, count = codec.side, len(written)
     print(f"Compressed {count} images to {args.out}: {total / count:.1f} bytes per image (prior's ideal "
           f"{ideal / 8 / count:.1f} + the {HEADER.size}-byte header), {8 * total / count / side ** 2:.4f} bits "
@@ -432,15 +471,16 @@ def run_compress(args):
 
 def run_decompress(args):
     """Decode the files of --decompress into PNGs."""
-    codec = open_codec(args)
-    written, seconds = decompress_files(codec, args.decompress, Path(args.out))
+    with new_outputs(args) as folder:
+        codec = open_codec(args)
+        written, seconds = decompress_files(codec, args.decompress, folder)
     print(f"Decompressed {len(written)} files to {args.out} ({len(written) / seconds:.2f} images/s): "
-          f"{written[0]} ... {written[-1]}")
+          f"{final_path(written[0], folder, args.out)} ... {final_path(written[-1], folder, args.out)}")
 
 
 def run_reconstruct_volume(args):
     """Reconstruct the volume of --reconstruct-volume slice by slice along the model's axis."""
-    out, figure_path = check_volume_outputs(args.out)
+    out, figure_path = check_volume_outputs(args.out, args.model)
     model, metadata = open_model(args.model)
     axis = recorded_config(args.model)["axis"]
     try:

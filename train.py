@@ -43,8 +43,8 @@ from metrics import evaluate_reconstructions, psnr_text
 from modules import VQVAETrainer
 from prior import GatedPixelCNN, bits_per_code
 from texture import fit_texture
-from utils import (RunLock, atomic_directory, check_output_folder, check_writable, fail, is_ours, mark_as_ours,
-                   write_json)
+from utils import (RunLock, atomic_directory, check_output_folder, check_writable, describe, enclosing_output, fail,
+                   is_inside, is_ours, mark_as_ours, marker_of, write_json)
 
 
 def build_parser():
@@ -90,12 +90,6 @@ def configure_hardware(args):
     return strategy, jit
 
 
-def _inside(path, folder):
-    """Whether `path` is `folder` or lies inside it."""
-    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
-    return path == folder or folder in path.parents
-
-
 def workers_of(strategy):
     """How many workers train together: more than one only under a multi-worker strategy."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -118,6 +112,7 @@ class Run:
     strategy: tf.distribute.Strategy
     jit: bool
     max_minutes: float = None
+    data: Path = None  # --data; None for the embedded demo
 
     @classmethod
     def of(cls, args, strategy, jit):
@@ -125,7 +120,7 @@ class Run:
         is_chief = strategy.extended.should_checkpoint
         scratch = Path(tempfile.mkdtemp(prefix="brain_vqvae_worker_")) if not is_chief else None
         return cls(Path(args.out), scratch / "logs" if scratch else Path(args.logdir), scratch, is_chief, strategy,
-                   jit, args.max_minutes)
+                   jit, args.max_minutes, args.data and Path(args.data))
 
     @property
     def checkpoints(self):
@@ -153,13 +148,34 @@ class Run:
         if not self.is_chief:
             yield
             return
-        check_output_folder("--out", self.out, "the SavedModel")
-        check_output_folder("--out", self.checkpoints, "the checkpoints (OUT_checkpoints)")
-        check_writable("--logdir", self.logdir)  # also refuses a file there
-        if _inside(self.logdir, self.out):
-            fail(f"--logdir {self.logdir}: expected a folder outside --out {self.out}, which is replaced on export")
-        with RunLock(self.checkpoints):
+        self.check_outputs()
+        with RunLock(self.checkpoints, "checkpoints", owner=self.out.name, flag=f"--out {self.out}"):
             yield
+
+    def check_outputs(self):
+        """Exit with one line unless --out is new, empty or an export of train.py, OUT_checkpoints new, empty or
+        this --out's checkpoints, and --logdir writable; none of them inside another of the tools' folders or
+        --data, where the next training run would read them as images."""
+        check_output_folder("--out", self.out, "the SavedModel", "export")
+        if self.out.name.endswith("_checkpoints"):
+            fail(f"--out {self.out}: expected a name that does not end in _checkpoints, the name train.py gives "
+                 f"the checkpoints of another --out")
+        check_output_folder("--out", self.checkpoints, "the checkpoints (OUT_checkpoints)", "checkpoints")
+        check_writable("--logdir", self.logdir)  # also refuses a file there
+        if is_inside(self.logdir, self.out):
+            fail(f"--logdir {self.logdir}: expected a folder outside --out {self.out}, which is replaced on export")
+        enclosing = self.logdir if is_ours(self.logdir) else enclosing_output(self.logdir)
+        if enclosing is not None:
+            fail(f"--logdir {self.logdir}: inside {enclosing}, {describe(marker_of(enclosing))}; expected a "
+                 f"folder outside the tools' outputs")
+        if self.data is None:
+            return
+        for flag, path in (("--out", self.out), ("--out", self.checkpoints), ("--logdir", self.logdir)):
+            if is_inside(path, self.data):
+                fail(f"{flag} {path}: inside --data {self.data}, where the next training run would read what "
+                     f"this one writes as data; expected a folder outside it")
+        if is_inside(self.data, self.out):
+            fail(f"--data {self.data}: inside --out {self.out}, which is replaced on export; move the data out")
 
     def on_chief_alone(self):
         """This run with the chief's local devices only, for the prior (see main)."""
@@ -417,9 +433,11 @@ def export_run(args, run, data, vqvae, texture, prior, metrics):
                 "num_codes": vqvae.quantizer.num_codes, "has_prior": prior is not None,
                 "class_names": source.class_names if prior and prior.num_classes else [],
                 "class_counts": metrics.get("prior_class_counts") or [], "has_texture": True}
-    if run.out.exists() and not is_ours(run.out):  # it appeared while this run trained
-        fail(f"--out {run.out}: a folder that this tool did not write appeared there during training; move it "
-             f"away and run: {resume_command()}")
+    record = marker_of(run.out)
+    foreign = record is None and run.out.exists() and (not run.out.is_dir() or any(run.out.iterdir()))
+    if foreign or (record is not None and record.get("kind") != "export"):  # it appeared while this run trained
+        what = describe(record) if record is not None else "something that this tool did not write"
+        fail(f"--out {run.out}: {what} appeared there during training; move it away and run: {resume_command()}")
     try:
         with atomic_directory(run.out) as tmp:
             export_savedmodel(vqvae, tmp, args.image_size, metadata, prior, metadata["class_counts"] or None,

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -82,16 +83,33 @@ def atomic_directory(path):
 # ----------------------------------------------------------------------------------------------------------
 # Outputs that never destroy what the tool did not write
 
-MARKER = ".brain_vqvae"  # in every folder the tools create; says the folder and what the tools write in it are theirs
+MARKER = ".brain_vqvae"  # in every folder the tools create: the JSON of what the folder is and which run wrote it
+KINDS = {"export": "an export of train.py", "checkpoints": "train.py's checkpoints",
+         "predictions": "predict.py's outputs", "figures": "the figures of the documentation"}
 
 
-def mark_as_ours(folder, kind):
-    """Create `folder` if needed and mark it as written by this project's tools (`kind`: what it holds)."""
+def mark_as_ours(folder, kind, owner=None):
+    """Create `folder` if needed and mark it as written by this project's tools: `kind` (one of KINDS) says
+    what it holds, `owner` which run it belongs to where that is not the folder itself (for checkpoints: the
+    --out of their run), and the command line that wrote it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / MARKER
     if not marker.exists():
-        marker.write_text(json.dumps({"written_by": "brain_vqvae", "kind": kind}) + "\n")
+        record = {"written_by": "brain_vqvae", "kind": kind, "owner": owner, "command": shlex.join(sys.argv)}
+        write_json(marker, {key: value for key, value in record.items() if value is not None})
+
+
+def marker_of(folder):
+    """The marker's record of `folder` as a dict ({} if unreadable; its "kind" may be missing), or None if
+    the tools did not write `folder`."""
+    try:
+        record = json.loads((Path(folder) / MARKER).read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def is_ours(folder):
@@ -99,20 +117,82 @@ def is_ours(folder):
     return (Path(folder) / MARKER).is_file()
 
 
-def check_output_folder(flag, path, purpose, may_exist=True):
-    """Exit with one line unless `path` can become (or be replaced by) one of this tool's output folders:
-    absent, empty, or already this tool's; never a file, the working directory or one of its parents, and
-    somewhere this process can write."""
+def describe(record):
+    """What a folder with this marker `record` is, for messages: "train.py's checkpoints of --out m1", ..."""
+    kind = record.get("kind")
+    text = KINDS.get(kind, "an output folder of these tools")
+    return f"{text} of --out {record['owner']}" if kind == "checkpoints" and record.get("owner") else text
+
+
+def is_inside(path, folder):
+    """Whether `path` is `folder` or lies inside it, symbolic links resolved."""
+    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return path == folder or folder in path.parents
+
+
+def enclosing_output(path):
+    """The nearest folder above `path` that the tools wrote (each is theirs as a whole), or None."""
+    for folder in Path(os.path.abspath(path)).parents:
+        if is_ours(folder):
+            return folder
+    return None
+
+
+def check_output_folder(flag, path, purpose, kind):
+    """Exit with one line unless `path` can become (or be replaced by) one of this tool's output folders of
+    `kind`: absent, empty, or already one of `kind`; never a file, the working directory or one of its
+    parents, a folder inside one of the tools' folders, or somewhere this process cannot write."""
     path = Path(path)
     where = Path(os.path.abspath(path))
     if where == Path(os.getcwd()) or where in Path(os.getcwd()).parents:
         fail(f"{flag} {path}: expected a new folder for {purpose}, not the working directory or one above it")
     if path.exists() and not path.is_dir():
         fail(f"{flag} {path}: a file is there; expected a folder for {purpose} (it would be replaced)")
-    if path.is_dir() and any(path.iterdir()) and not (may_exist and is_ours(path)):
+    enclosing = enclosing_output(path)
+    if enclosing is not None:
+        fail(f"{flag} {path}: inside {enclosing}, {describe(marker_of(enclosing))}; choose a folder outside it "
+             f"for {purpose}")
+    record = marker_of(path)
+    if record is not None and record.get("kind") != kind:
+        fail(f"{flag} {path}: holds {describe(record)}; expected a new or empty folder, or {KINDS[kind]}, for "
+             f"{purpose} (nothing was changed)")
+    if record is None and path.is_dir() and any(path.iterdir()):
         fail(f"{flag} {path}: a folder that this tool did not write is there; choose a new or empty folder "
              f"for {purpose} (nothing was changed)")
     check_writable(flag, path)
+
+
+def check_apart(flag, path, inputs):
+    """Exit with one line unless the output folder `path`, replaced as a whole when its run ends, and each of
+    `inputs` ((what, path) of what the run reads: "--data", ...) lie apart: neither inside the other."""
+    for what, given in inputs:
+        if is_inside(path, given):
+            fail(f"{flag} {path}: inside {what} {given}, whose files are read as input; expected a place apart "
+                 f"from it")
+        if is_inside(given, path):
+            fail(f"{flag} {path}: {what} {given} is inside it, and {flag} is replaced as a whole when the run "
+                 f"ends; expected a folder apart from it")
+
+
+@contextlib.contextmanager
+def replaced_folder(path, kind, flag="--out"):
+    """A new folder of `kind` to write a run's outputs in: a temporary one beside `path`, which replaces `path`
+    as a whole when the run succeeds, so that no earlier run's files are mixed with these and a failed run
+    leaves `path` as it was. `path` is locked meanwhile (RunLock), so a second run on it is refused; a line says
+    whose outputs were replaced."""
+    path = Path(path)
+    earlier = marker_of(path) if path.is_dir() and set(os.listdir(path)) - {MARKER, "lock"} else None
+    with RunLock(path, kind, flag=f"{flag} {path}"), atomic_directory(path) as folder:
+        mark_as_ours(folder, kind)
+        yield folder
+    if earlier is not None:
+        print(f"Replaced the earlier outputs in {path} (of `{earlier.get('command', 'an earlier run')}`).")
+
+
+def final_path(path, folder, final):
+    """Where `path`, written in replaced_folder's `folder`, is once that folder has replaced `final`."""
+    path = Path(path)
+    return Path(final) / path.relative_to(folder) if folder in path.parents else path
 
 
 def check_figure_path(flag, path):
@@ -142,10 +222,15 @@ def check_free_space(flag, path, needed, what):
         fail(f"{flag}: {what} may need {needed / 1e9:.1f} GB, and {existing} has {free / 1e9:.1f} GB free")
 
 
-def check_writable(flag, path):
-    """Exit with one line unless `path`, or its nearest existing parent folder, is a folder this process can
-    write into."""
-    existing = nearest_existing(path)
+def check_writable(flag, path, new_file=False):
+    """Exit with one line unless this process can write `path`: a folder, created where missing, under its
+    nearest existing parent folder; or with `new_file`, a file in a folder that is already there."""
+    if new_file:
+        existing = Path(os.path.abspath(path)).parent
+        if not existing.is_dir():
+            fail(f"{flag} {path}: no folder {existing} to write it in")
+    else:
+        existing = nearest_existing(path)
     if not existing.is_dir():
         fail(f"{flag} {path}: {existing} is a file, not a folder")
     try:  # a real write: permissions alone do not tell for root, read-only mounts or full disks
@@ -156,22 +241,28 @@ def check_writable(flag, path):
 
 
 class RunLock:
-    """An exclusive OS lock on `folder`/lock, held while a run writes there (a context manager).
+    """An exclusive OS lock on `folder`/lock, held while a run writes there (a context manager); `folder` is
+    created and marked as one of `kind` (for `owner`) if needed.
 
     The kernel releases it when the process ends in any way, SIGKILL included, so a stale lock file never
     blocks the next run. The file holds the holder's pid and command line, for the message that refuses a
-    second run.
+    second run. On leaving, the lock file goes; so does the folder, and any parent folder created for it, if
+    the run wrote no file there (it failed early).
     """
 
-    def __init__(self, folder):
+    def __init__(self, folder, kind="checkpoints", owner=None, flag="--out"):
         self.folder = Path(folder)
         self.path = self.folder / "lock"
-        self.created_folder = False
+        self.kind, self.owner, self.flag = kind, owner, flag
+        self.created = None  # the highest folder that this lock created, if any
+        self.marked = False  # whether this lock wrote the folder's marker
         self.handle = None
 
     def __enter__(self):
-        self.created_folder = not self.folder.exists()
-        mark_as_ours(self.folder, "checkpoints")
+        missing = [folder for folder in (self.folder, *self.folder.parents) if not folder.exists()]
+        self.created = missing[-1] if missing else None
+        self.marked = not is_ours(self.folder)
+        mark_as_ours(self.folder, self.kind, self.owner)
         while self.handle is None:
             handle = open(self.path, "a+")
             try:
@@ -180,10 +271,10 @@ class RunLock:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 handle.close()
-                fail(f"{self.folder}: another run is writing there ({holder}); wait for it to end, or choose "
-                     f"another --out")
+                fail(f"{self.flag}: another run is writing in {self.folder} ({holder}); wait for it to end, or "
+                     f"choose another --out")
             # Another process may have removed the file between our open and our lock: lock the one on disk.
-            if os.path.exists(self.path) and os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino:
+            if self._holds(handle):
                 self.handle = handle
             else:
                 handle.close()
@@ -192,9 +283,36 @@ class RunLock:
         self.handle.flush()
         return self
 
+    def _holds(self, handle):
+        """Whether the open `handle` is the lock file on disk now (not one removed since)."""
+        try:
+            return os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return False
+
     def __exit__(self, *exc):
-        # A run that created the folder and wrote nothing else there (it failed early) leaves no trace.
-        if self.created_folder and {p.name for p in self.folder.iterdir()} <= {"lock", MARKER}:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        # While still locked, so that no other run's lock file or folder is removed.
+        if self._holds(self.handle):
+            self.path.unlink()
+        self._remove_if_unused()
         self.handle.close()
         return False
+
+    def _remove_if_unused(self):
+        """If the run wrote no file but the marker in the folder: remove the folder and the parents created for
+        it if this lock created it, else the empty folders in it and the marker if this lock wrote it."""
+        if not self.folder.is_dir() or not all(path.name == MARKER or path.is_dir()
+                                               for path in self.folder.rglob("*")):
+            return
+        if self.created is None:
+            for path in sorted(self.folder.rglob("*"), reverse=True):  # what is inside a folder comes first
+                if path.is_dir():
+                    path.rmdir()
+            if self.marked:
+                (self.folder / MARKER).unlink(missing_ok=True)
+            return
+        shutil.rmtree(self.folder, ignore_errors=True)
+        for parent in self.folder.parents:
+            if not is_inside(parent, self.created) or any(parent.iterdir()):
+                break
+            parent.rmdir()

@@ -24,7 +24,7 @@ from checkpoints import CheckpointState, ResumeError
 from conftest import ROOT, TINY, call_main, fake_slice, run, tiny_prior, write_adni
 from export import load_export
 from metrics import evaluate_reconstructions, prior_scorer
-from utils import MARKER, RunLock, write_json
+from utils import MARKER, RunLock, mark_as_ours, write_json
 
 QUICK = [*TINY, "--epochs", "1", "--stage", "vqvae"]
 
@@ -90,7 +90,7 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_the_lock(
         assert holder.stdout.readline().strip() == "locked"
         line = refused(train.main, ["--data", str(data), *QUICK, "--out", str(out), "--logdir",
                                     str(tmp_path / "logs")], capsys)
-        assert "another run is writing there" in line and f"pid {holder.pid}" in line
+        assert f"--out {out}: another run is writing in {out}_checkpoints" in line and f"pid {holder.pid}" in line
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
@@ -105,7 +105,7 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_the_lock(
 def write_saved_state(folder, epochs=3):
     """A finished stage's checkpoint folder as train.py leaves it (the weights files are stand-ins)."""
     folder.mkdir(parents=True)
-    (folder.parent / MARKER).write_text("{}")
+    mark_as_ours(folder.parent, "checkpoints", folder.parent.name.removesuffix("_checkpoints"))
     for epoch in (2, epochs):
         (folder / f"epoch-{epoch:04d}.weights.h5").write_bytes(b"weights of epoch %d" % epoch)
     write_json(folder / "state.json", {"settings": {}, "epochs_done": epochs, "latest": f"epoch-{epochs:04d}.weights.h5",
@@ -393,11 +393,11 @@ def test_a_conditional_prior_scores_unknown_classes_under_its_class_mixture():
     np.testing.assert_allclose(scores, [-3.0, mixture, mixture, -3.0], rtol=1e-6)
 
 
-def test_unreadable_files_are_named_without_a_flag_predict_lacks(oasis_root, tmp_path, trained, capsys):
+def test_unreadable_files_are_named_without_a_flag_predict_lacks(oasis_root, tmp_path_factory, trained, capsys):
     out, _, _, _ = trained
     (oasis_root / "keras_png_slices_test" / "case_005_slice_0.nii.png").write_bytes(b"\x89PNG broken")
     line = refused(predict.main, ["--model", str(out), "--evaluate", str(oasis_root), "--out",
-                                  str(tmp_path / "e")], capsys)
+                                  str(tmp_path_factory.mktemp("outputs") / "e")], capsys)  # not inside the data
     assert "case_005_slice_0.nii.png: not a readable" in line and "--skip-bad" not in line
 
 
