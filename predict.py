@@ -151,7 +151,7 @@ def _check_values(parser, args):
     """Refuse, with parser.error, a numeric flag outside its VALUE_RANGES."""
     for name, accepts in VALUE_RANGES.items():
         if getattr(args, name) not in accepts:
-            parser.error(accepts.refusal(f"--{name.replace('_', '-')}", getattr(args, name)))
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected {accepts.describe()}")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -50,8 +50,9 @@ class Range:
         if self.expected:
             return self.expected
         if self.integer:
-            words = {1: "a positive integer", 0: "0 or a positive integer"}.get(self.low, f"an integer from {self.low}")
-            words += f" up to {self.high:,}" if self.low in (0, 1) else f" to {self.high:,}"
+            start = {1: "a positive integer up to", 0: "0 or a positive integer up to"}.get(
+                self.low, f"an integer from {self.low} to")
+            words = f"{start} {self.high:,}"
         elif self.high is None:
             words = ("a finite positive number" if self.low == 0 and self.exclusive == "low" else
                      f"a finite number {'>' if self.exclusive == 'low' else '>='} {self.low:g}")
@@ -61,10 +62,6 @@ class Range:
             words = (f"a {'fraction' if (self.low, self.high) == (0, 1) else 'number'} in "
                      f"{left}{self.low:g}, {self.high:g}{right}")
         return f"{words} {self.note}" if self.note else words
-
-    def refusal(self, flag, value):
-        """None if `value` is in range, else the one-line error naming `flag`."""
-        return None if value in self else f"{flag} {value}: expected {self.describe()}"
 
 
 def integers(low=1, high=INT32_MAX, note="", expected=None):
@@ -78,6 +75,8 @@ def numbers(low=0, high=None, exclusive="low", note="", expected=None):
 
 
 SEEDS = integers(0, note="(the quantizer's and the export's seeds are int32)")
+IMAGE_SIZES = integers(16, MAX_IMAGE_SIZE,
+                       note="and a multiple of 2^downsamplings (MRI slices have 512 voxels a side or fewer)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,13 +117,12 @@ SETTINGS = (
     _setting("slices", "data", BOTH, default="all",
              help="volumes: which brain slices to keep: all, central:F (the middle fraction F), every:K, or "
              "central:F,every:K (default: %(default)s)"),
-    _setting("image_size", "data", BOTH, accepts=integers(
-        16, MAX_IMAGE_SIZE, note="and a multiple of 2^downsamplings (MRI slices have 512 voxels a side or fewer)"),
-             type=int, default=128,
+    _setting("image_size", "data", BOTH, accepts=IMAGE_SIZES, type=int, default=128,
              help=f"side S of the square images, a multiple of 2^downsamplings up to {MAX_IMAGE_SIZE} "
              "(default: %(default)s)"),
     _setting("validation_fraction", "data", BOTH, accepts=numbers(0, 1, "both"), type=float, default=0.1,
-             help="share of train patients held out for validation where the data has no such split"),
+             help="share of train patients held out for validation where the data has no such split, in (0, 1) "
+             "(default: %(default)s)"),
     _setting("skip_bad", "data", action="store_true", help="skip unreadable image files instead of stopping"),
 
     _setting("num_codes", "model", (VQVAE,), (VQVAE, "num_codes"), integers(2), type=int, default=256,
@@ -147,7 +145,8 @@ SETTINGS = (
              numbers(0, 1, "high", expected="0 (off) or a value in (0, 1)"), type=float, default=0.99,
              help="EMA decay of the codebook; 0 learns it by gradient instead (default: %(default)s)"),
 
-    _setting("prior_epochs", "prior", accepts=integers(), type=int, default=8, help="epochs of the prior (default: %(default)s)"),
+    _setting("prior_epochs", "prior", accepts=integers(), type=int, default=8,
+             help="epochs of the prior (default: %(default)s)"),
     _setting("prior_channels", "prior", (PRIOR,), (PRIOR, "channels"), integers(), type=int, default=32,
              help="prior channels (default: %(default)s)"),
     _setting("prior_layers", "prior", (PRIOR,), (PRIOR, "num_layers"), integers(1, MAX_LAYERS), type=int, default=10,
@@ -172,11 +171,14 @@ SETTINGS = (
 
     _setting("stage", "training", default="all", choices=["all", "vqvae", "prior"],
              help="what to train; prior reuses the VQ-VAE already at --out (default: %(default)s)"),
-    _setting("epochs", "training", accepts=integers(), type=int, default=12, help="epochs of the VQ-VAE (default: %(default)s)"),
-    _setting("batch_size", "training", BOTH, accepts=integers(), type=int, default=16, help="images per step (default: %(default)s)"),
+    _setting("epochs", "training", accepts=integers(), type=int, default=12,
+             help="epochs of the VQ-VAE (default: %(default)s)"),
+    _setting("batch_size", "training", BOTH, accepts=integers(), type=int, default=16,
+             help="images per step (default: %(default)s)"),
     _setting("learning_rate", "training", (VQVAE,), accepts=numbers(), type=float, default=2e-3,
              help="Adam learning rate (default: %(default)s)"),
-    _setting("max_minutes", "training", accepts=numbers(), type=float, help="stop each stage's training cleanly after this many minutes"),
+    _setting("max_minutes", "training", accepts=numbers(), type=float,
+             help="stop each stage's training cleanly after this many minutes"),
     _setting("seed", "training", BOTH, (VQVAE, "seed"), SEEDS, type=int, default=0,
              help=f"seed for data splits, shuffling and weights, 0 to {INT32_MAX:,} (default: %(default)s)"),
     _setting("resume", "training", action="store_true",
@@ -234,7 +236,7 @@ def check_arguments(parser, args):
     for setting in SETTINGS:
         value = getattr(args, setting.name)
         if setting.accepts and value is not None and value not in setting.accepts:
-            parser.error(setting.accepts.refusal(setting.flag, value))
+            parser.error(f"{setting.flag} {value}: expected {setting.accepts.describe()}")
     factor = 2 ** args.downsamplings
     if args.image_size % factor:
         parser.error(f"--image-size {args.image_size}: expected a multiple of 2^downsamplings = {factor}, at least 16")
@@ -288,7 +290,8 @@ def training_memory(args):
         (prior_codes * args.prior_channels * args.prior_layers * 8 * FLOAT_BYTES * BACKWARD,
          "the prior's activations", ("prior_batch_size", "prior_channels", "prior_layers", "image_size")),
         (args.prior_attention * args.prior_batch_size * 2 * tokens ** 2 * FLOAT_BYTES * BACKWARD,
-         "the prior's attention weights", ("prior_attention_pool", "prior_batch_size", "prior_attention", "image_size"))]
+         "the prior's attention weights",
+         ("prior_attention_pool", "prior_batch_size", "prior_attention", "image_size"))]
     return (vqvae if args.stage != "prior" else []) + (prior if args.stage != "vqvae" else [])
 
 
