@@ -427,9 +427,9 @@ def epochs_of_batches(dataset, batch_size, seed, first_epoch, last_epoch):
     reaches it, so a run of any number of epochs starts at once.
     """
     def epoch_of_batches(epoch):
-        # Traced once for all epochs, so the epoch is a tensor here. Without a graph-level seed (which, inside
-        # this function, set_seed clears for this function only), the order depends on (seed, epoch) alone,
-        # and TensorFlow never compares a global seed of 0 with a tensor seed, which it cannot do in a trace.
+        # Traced once for all epochs: `epoch` is a tensor. Inside a trace set_seed clears this function's own
+        # graph-level seed (not the global one): the order then depends on (seed, epoch) alone, and TensorFlow
+        # does not compare a global seed of 0 with the tensor seed in Python, which fails in a trace.
         tf.random.set_seed(None)
         return dataset.shuffle(10_000, seed=seed * 1_000_003 + epoch).batch(batch_size, drop_remainder=True)
 
