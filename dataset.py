@@ -19,7 +19,6 @@ bits their data uses: images.py), padded with background to a square, then resiz
 import collections
 import concurrent.futures
 import dataclasses
-import functools
 import hashlib
 import os
 import re
@@ -474,13 +473,21 @@ def epochs_of_batches(dataset, batch_size, seed, first_epoch, last_epoch):
     """Full shuffled batches for epochs first_epoch .. last_epoch - 1 as one stream (fit with steps_per_epoch).
 
     Each epoch's order depends only on (seed, epoch), so a run resumed at any epoch sees exactly the batches
-    that an uninterrupted run would have seen from there on.
+    that an uninterrupted run would have seen from there on. Each epoch is shuffled only when the stream
+    reaches it, so a run of any number of epochs starts at once.
     """
-    epochs = [dataset.shuffle(10_000, seed=seed * 1_000_003 + epoch).batch(batch_size, drop_remainder=True)
-              for epoch in range(first_epoch, last_epoch)]
-    if not epochs:
-        return dataset.take(0).batch(batch_size)
-    stream = functools.reduce(tf.data.Dataset.concatenate, epochs)
+    def epoch_of_batches(epoch):
+        # Traced once for all epochs: `epoch` is a tensor. Inside a trace set_seed clears this function's own
+        # graph-level seed (not the global one): the order then depends on (seed, epoch) alone, and TensorFlow
+        # does not compare a global seed of 0 with the tensor seed in Python, which fails in a trace.
+        tf.random.set_seed(None)
+        return dataset.shuffle(10_000, seed=seed * 1_000_003 + epoch).batch(batch_size, drop_remainder=True)
+
+    epochs = max(0, last_epoch - first_epoch)
+    stream = tf.data.Dataset.range(first_epoch, first_epoch + epochs).flat_map(epoch_of_batches)
+    steps = int(dataset.cardinality()) // batch_size
+    if steps >= 0:  # a known size: Keras and tf.distribute can then count the steps
+        stream = stream.apply(tf.data.experimental.assert_cardinality(epochs * steps))
     options = tf.data.Options()
     # Multi-worker training splits this in-memory stream by batches, not by files.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -38,10 +38,12 @@ import volumes
 from codec import HEADER, CodecError, PriorCodec, compress_files, decompress_files, model_fingerprint, prior_bits
 from export import add_texture, load_export, sample_images
 from metrics import evaluate_reconstructions, prior_scorer, psnr_text, ssim
+from settings import INT32_MAX, SEEDS, integers, numbers
 from utils import (check_apart, check_free_space, check_output_folder, check_writable, fail, final_path, first_line,
-                   replaced_folder, save_figure, write_bytes, write_json)
+                   mark_as_ours, replaced_folder, save_figure, write_bytes, write_json)
 
 MAX_SAMPLES = 1_000_000  # --n beyond this is refused as a typo rather than a plan
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 GRID_SIZE = 64  # the grid shows at most this many of the generated images
 MAX_SHOWN = 16  # --reconstruct shows at most this many test slices
 DEFAULT_OUT = "saved_models/predictions"
@@ -58,6 +60,14 @@ MODE_FLAGS = {"n": ("--n", ("generate", "reconstruct"), 16),
               "split": ("--split", ("evaluate",), "test"),
               "metrics_out": ("--metrics-out", ("evaluate",), None),
               "batch_size": ("--batch-size", ("generate", "compress", "reconstruct_volume"), 64)}
+# The values each numeric flag accepts. The export takes the seed, top-k and counts as int32 and the
+# temperature and top-p as float32, into which TensorFlow would wrap or round larger values without a word.
+VALUE_RANGES = {"n": integers(1, MAX_SAMPLES, expected=f"a number of images from 1 to {MAX_SAMPLES:,}"),
+                "seed": SEEDS,
+                "batch_size": integers(),
+                "temperature": numbers(0, FLOAT32_MAX, expected="a finite positive number"),
+                "top_k": integers(0, expected=f"0 (keep all codes) or a positive number up to {INT32_MAX:,}"),
+                "top_p": numbers(0, 1, expected="a probability above 0 and at most 1")}
 # What train.py's config.json records about the data, which every split is rebuilt from.
 SPLIT_SETTINGS = ("data", "dataset", "seed", "axis", "slices", "validation_fraction")
 
@@ -90,8 +100,8 @@ def build_parser():
                         "there)")
     parser.add_argument("--n", type=int, help="generating: how many images to generate (default: 16); "
                         f"--reconstruct: how many test slices to show, at most {MAX_SHOWN} (default: 16)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: %(default)s); data "
-                        "splits always use the seed the model was trained with")
+    parser.add_argument("--seed", type=int, default=0, help=f"seed of the sampler, 0 to {INT32_MAX:,} (default: "
+                        "%(default)s); data splits always use the seed the model was trained with")
     parser.add_argument("--batch-size", type=int, help="images generated, compressed or reconstructed at once; "
                         "memory does not grow with --n (default: 64)")
     _add_generation_flags(parser)
@@ -141,16 +151,10 @@ def parse_args(argv=None):
 
 
 def _check_values(parser, args):
-    if not 0 < args.n <= MAX_SAMPLES:
-        parser.error(f"--n {args.n}: expected a number of images from 1 to {MAX_SAMPLES:,}")
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
-        parser.error(f"--temperature {args.temperature}: expected a finite positive number")
-    if args.top_k < 0:
-        parser.error(f"--top-k {args.top_k}: expected 0 (keep all codes) or a positive number")
-    if not 0 < args.top_p <= 1:
-        parser.error(f"--top-p {args.top_p}: expected a probability above 0 and at most 1")
-    if args.batch_size <= 0:
-        parser.error(f"--batch-size {args.batch_size}: expected a positive number")
+    """Refuse, with parser.error, a numeric flag outside its VALUE_RANGES."""
+    for name, accepts in VALUE_RANGES.items():
+        if getattr(args, name) not in accepts:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected {accepts.describe()}")
 
 
 # ----------------------------------------------------------------------------------------------------------

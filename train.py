@@ -44,7 +44,7 @@ from modules import VQVAETrainer
 from prior import GatedPixelCNN, bits_per_code
 from texture import fit_texture
 from utils import (RunLock, atomic_directory, check_output_folder, check_writable, describe, enclosing_output, fail,
-                   is_inside, is_ours, mark_as_ours, marker_of, write_json)
+                   first_line, is_inside, is_ours, mark_as_ours, marker_of, write_json)
 
 
 def build_parser():
@@ -228,17 +228,25 @@ def load_data(args):
         + (f" ({len(split) - decoded[name].skipped} volumes, {split.axis} slices)" if split.axis else "")
         for name, split in source.splits.items()))
     images = {name: split.images for name, split in decoded.items()}
+    check_batch_sizes(args, int(images["train"].cardinality()))
     return Data(source, images, dataset.data_fingerprint(source))
 
 
-def stage_batches(train, validate, batch_size, seed, first_epoch, epochs, flag="--batch-size"):
+def check_batch_sizes(args, train_size):
+    """Exit with one line, before any training, if the batch of a stage that --stage trains is larger than
+    the training split (`train_size` images, or code grids for the prior)."""
+    trained = {"batch_size": args.stage != "prior", "prior_batch_size": args.stage != "vqvae"}
+    for name, trains in trained.items():
+        if trains and getattr(args, name) > train_size:
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)}: the training split has only {train_size} "
+                 f"images; expected at most that")
+
+
+def stage_batches(train, validate, batch_size, seed, first_epoch, epochs):
     """Batches of a stage: the shuffled training stream from `first_epoch` on, the validation batches, and
-    the full batches per epoch; exits if the training split is smaller than one batch (of `flag`)."""
-    size = int(train.cardinality())
-    if size < batch_size:
-        fail(f"{flag} {batch_size}: the training split has only {size} images")
+    the full batches per epoch (`check_batch_sizes` made sure there is one)."""
     return Batches(dataset.epochs_of_batches(train, batch_size, seed, first_epoch, epochs),
-                   dataset.batched(validate, batch_size), size // batch_size)
+                   dataset.batched(validate, batch_size), int(train.cardinality()) // batch_size)
 
 
 def fit_stage(model, stage, state, batches, run, callbacks=()):
@@ -345,7 +353,7 @@ def train_prior(args, vqvae, texture, data, run):
     codes = {name: encode_split(vqvae, data.decoded[name], args.batch_size) for name in ("train", "validate")}
     pairs = {name: code_pairs(*codes[name], num_classes) for name in codes}
     batches = stage_batches(pairs["train"], pairs["validate"], args.prior_batch_size, args.seed, state.epochs_done,
-                            args.prior_epochs, "--prior-batch-size")
+                            args.prior_epochs)
     sample_labels = tf.constant([i % max(num_classes, 1) for i in range(8)], tf.int32)
     with run.strategy.scope():
         prior = GatedPixelCNN(num_codes=vqvae.quantizer.num_codes, num_classes=num_classes, name="prior",
@@ -449,9 +457,9 @@ def export_run(args, run, data, vqvae, texture, prior, metrics):
             write_json(tmp / "metrics.json", metrics)
             training_curves_figure(run.logdir).savefig(tmp / "training_curves.png", dpi=100)
             mark_as_ours(tmp, "export")
-    except OSError as error:
-        fail(f"--out {run.out}: cannot write the export ({error}); the checkpoints are kept, so fix it and run: "
-             f"{resume_command()}")
+    except (OSError, tf.errors.ResourceExhaustedError) as error:  # TensorFlow's writes raise the latter on a full disk
+        fail(f"--out {run.out}: cannot write the export ({first_line(error)}); the checkpoints are kept in "
+             f"{run.checkpoints}/, so free some space or fix it and run: {resume_command()}")
 
 
 def texture_slices(decoded, count=512):

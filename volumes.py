@@ -26,6 +26,7 @@ AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 PERCENTILES = (0.5, 99.5)  # intensities below and above map to 0 and 1: robust to a few hot or dark voxels
 FOREGROUND_LEVEL = 0.1  # a voxel above this normalised intensity is head, not background
 MIN_FOREGROUND = 0.05  # slices with less head than this fraction of their area are left out
+MIN_SLICE_SIDE = 11  # the side of SSIM's window, which the round trip scores its slices with
 # Subject ids: BIDS "sub-OAS30001_ses-d0129_T1w" -> "sub-OAS30001"; OASIS-1 "OAS1_0001_MR1_mpr..." ->
 # "OAS1_0001"; OASIS-3 "OAS30001_MR_d0129" -> "OAS30001"; ADNI "ADNI_941_S_1311_MR_MPRAGE..." -> "941_S_1311".
 SUBJECT_PATTERNS = (re.compile(r"(sub-[A-Za-z0-9]+)"), re.compile(r"(OAS1_\d+)"), re.compile(r"(OAS3\d+)"),
@@ -194,10 +195,12 @@ def through_slices(volume, axis, size, transform):
 def reconstruct_volume(path, axis, image_size, model, batch_size):
     """Encode and decode every slice of the volume at `path` along `axis` with `model` (anything with
     encode(images) -> codes and decode(codes) -> images), `batch_size` slices at a time; a `RoundTrip`.
-    Raises VolumeError for a file that is not a usable volume (see read_volume)."""
+    Raises VolumeError for a file that is not a usable volume (see read_volume), and for one whose slices are
+    smaller than SSIM's window or hold no brain."""
     image, ras, note = read_ras(path)
     low, high = intensity_range(path, ras)
     normalised = normalise(ras, low, high)
+    brain = _checked_brain_slices(path, normalised, axis)
     batches = max(1, math.ceil(normalised.shape[AXES[axis]] / batch_size))
     grids = []
 
@@ -207,7 +210,6 @@ def reconstruct_volume(path, axis, image_size, model, batch_size):
         return np.concatenate([model.decode(batch).numpy() for batch in codes])
 
     reconstructed, inputs = through_slices(normalised, axis, image_size, encode_and_decode)
-    brain = brain_slices(normalised, axis)
     originals = np.stack([slice_image(normalised, axis, k) for k in brain])[..., None]
     reconstructions = np.stack([slice_image(reconstructed, axis, k) for k in brain])[..., None]
     in_range = reconstructed * (high - low) + low
@@ -217,6 +219,20 @@ def reconstruct_volume(path, axis, image_size, model, batch_size):
                      inputs=inputs, codes=np.concatenate(grids), brain_slices=len(brain),
                      ssim=float(np.mean(ssim(originals, reconstructions).numpy())),
                      psnr=float(np.mean(psnr(originals, reconstructions).numpy())), note=note)
+
+
+def _checked_brain_slices(path, volume, axis):
+    """The brain slices of `volume` along `axis` that the round trip scores; raises VolumeError if its slices
+    are smaller than SSIM's window or none holds brain."""
+    rows, columns = slice_image(volume, axis, 0).shape
+    if min(rows, columns) < MIN_SLICE_SIDE:
+        raise VolumeError(f"{path}: a volume of shape {volume.shape}, too small: its {axis} slices are "
+                          f"{rows}x{columns} voxels; expected at least {MIN_SLICE_SIDE}x{MIN_SLICE_SIDE}")
+    brain = brain_slices(volume, axis)
+    if not brain:
+        raise VolumeError(f"{path}: no slice with brain along the {axis} axis (none has {MIN_FOREGROUND:.0%} of "
+                          f"its area above {FOREGROUND_LEVEL:g} of the intensity range)")
+    return brain
 
 
 def write_volume(path, image):

@@ -1,6 +1,7 @@
 """train.py under interruption and bad input: SIGKILL and Ctrl-C then --resume, time limits, one-line errors."""
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 
 import keras
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from checkpoints import CheckpointState, EpochCheckpoints
@@ -165,3 +167,59 @@ def test_best_vqvae_checkpoint_is_chosen_by_validation_reconstruction_loss_not_t
     assert saved["latest"] == "epoch-0003.weights.h5"
     assert sorted(path.name for path in tmp_path.glob("epoch-*.weights.h5")) == ["epoch-0002.weights.h5",
                                                                                "epoch-0003.weights.h5"]
+
+
+def in_process(tmp_path, data, *extra):
+    """train.py's command line for a tiny in-process run on `data` (without --deterministic, which TensorFlow
+    cannot turn off again in this process)."""
+    tiny = [flag for flag in TINY if flag != "--deterministic"]
+    return ["--data", str(data), "--out", str(tmp_path / "out" / "vqvae"), "--logdir", str(tmp_path / "logs"), *tiny,
+            *extra]
+
+
+def test_a_full_disk_during_export_keeps_the_checkpoints_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    data = write_adni(tmp_path / "AD_NC", 4, 1, 2)
+    out = tmp_path / "out" / "vqvae"
+    argv = in_process(tmp_path, data, "--epochs", "1", "--stage", "vqvae")
+
+    def full_disk(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, f"{out}: No space left on device")
+
+    monkeypatch.setattr(train, "export_savedmodel", full_disk)
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])  # what the resume command repeats
+    result = call_main(train.main, argv, capsys)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: --out {out}: cannot write the export (ResourceExhaustedError: ")
+    assert f"the checkpoints are kept in {out}_checkpoints/" in line
+    assert line.endswith(shlex.join(["python", "train.py", *argv, "--resume"]))
+    assert json.loads((tmp_path / "out" / "vqvae_checkpoints" / "vqvae" / "state.json").read_text())["epochs_done"] == 1
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["vqvae_checkpoints"]  # no half export
+    monkeypatch.undo()
+    resumed = call_main(train.main, [*argv, "--resume"], capsys)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming from" in resumed.stdout and (out / "saved_model.pb").exists()
+
+
+@pytest.mark.parametrize("prior_batch_size, message", [
+    ("64", "--prior-batch-size 64: the training split has only 12 images; expected at most that"),
+    ("100000000", "--prior-batch-size 100000000 "),  # nor could it fit in memory
+])
+def test_a_prior_batch_larger_than_the_data_is_refused_before_the_vqvae_trains(tmp_path, capsys, prior_batch_size,
+                                                                              message):
+    # 4 + 4 train patients of 2 slices, of which one patient per class is held out for validation: 12 images.
+    data = write_adni(tmp_path / "AD_NC", 4, 1, 2)
+    result = call_main(train.main, in_process(tmp_path, data, "--prior-batch-size", prior_batch_size), capsys)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
+    out = tmp_path / "out" / "vqvae"
+    assert not out.exists() and not (tmp_path / "out" / "vqvae_checkpoints").exists()  # the VQ-VAE never trained
+
+
+def test_a_million_epochs_with_a_time_limit_start_at_once_and_stop_in_time(tmp_path, capsys):
+    data = write_adni(tmp_path / "AD_NC", 4, 1, 2)
+    result = call_main(train.main, in_process(tmp_path, data, "--stage", "vqvae", "--epochs", "1000000",
+                                              "--max-minutes", "0.01"), capsys)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Stopped the vqvae training after --max-minutes 0.01 in epoch" in result.stdout
+    assert "of 1000000" in result.stdout

@@ -26,15 +26,15 @@ def changed(value):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--downsamplings", "0"], "--downsamplings 0: expected 1 or more"),
+    (["--downsamplings", "0"], "--downsamplings 0: expected a positive integer up to 10"),
     (["--image-size", "30"], "--image-size 30: expected a multiple of 2^downsamplings = 4, at least 16"),
-    (["--image-size", "8", "--downsamplings", "1"], "--image-size 8: expected a multiple"),
-    (["--num-codes", "1"], "--num-codes 1: expected at least 2"),
+    (["--image-size", "8", "--downsamplings", "1"], "--image-size 8: expected an integer from 16 to 1,024"),
+    (["--num-codes", "1"], "--num-codes 1: expected an integer from 2 to 2,147,483,647"),
     (["--epochs", "0"], "--epochs 0: expected a positive integer"),
     (["--prior-layers", "-1"], "--prior-layers -1: expected a positive integer"),
     (["--dataset", "folder"], "--dataset folder needs --data PATH"),
     (["--slices", "central:2"], "--slices 'central:2': expected all"),
-    (["--max-minutes", "0"], "--max-minutes 0.0: expected a positive number"),
+    (["--max-minutes", "0"], "--max-minutes 0.0: expected a finite positive number"),
     (["--ema-decay", "1"], "--ema-decay 1.0: expected 0 (off) or a value in (0, 1)"),
 ])
 def test_values_no_run_can_use_are_refused_with_one_line(capsys, argv, message):

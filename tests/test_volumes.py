@@ -9,6 +9,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+import tensorflow as tf
 from skimage import exposure
 
 import dataset
@@ -307,3 +308,46 @@ def test_reconstruct_picks_test_slices_from_every_volume_not_the_first_ones(tmp_
     levels = sorted(np.round(picks.max(axis=(1, 2, 3)) * 255).astype(int).tolist())
     assert levels == [100, 106, 200, 206]
 
+
+
+def write_unusable_volumes(folder):
+    """A volume with no brain slice (scattered bright voxels on faint noise: no slice is a twentieth head)
+    and a 2x2x2 volume; {file name: what its error says}."""
+    rng = np.random.default_rng(0)
+    sparse = rng.random((24, 24, 24)).astype(np.float32)
+    sparse[rng.random(sparse.shape) < 0.01] = 100.0
+    nib.save(nib.Nifti1Image(sparse, np.eye(4)), folder / "sparse.nii.gz")
+    nib.save(nib.Nifti1Image(rng.random((2, 2, 2)).astype(np.float32), np.eye(4)), folder / "tiny.nii")
+    return {"sparse.nii.gz": "no slice with brain along the axial axis",
+            "tiny.nii": "too small: its axial slices are 2x2 voxels; expected at least 11x11"}
+
+
+def test_a_volume_without_brain_or_smaller_than_ssims_window_is_named_before_the_model_runs(tmp_path):
+    calls = []
+
+    class Identity:
+        def encode(self, images):
+            calls.append("encode")
+            return tf.constant(images)
+
+        def decode(self, codes):
+            return tf.constant(codes)
+
+    for name, words in write_unusable_volumes(tmp_path).items():
+        with pytest.raises(volumes.VolumeError, match=words) as error:
+            volumes.reconstruct_volume(tmp_path / name, "axial", 32, Identity(), 8)
+        assert str(error.value).startswith(str(tmp_path / name)) and "\n" not in str(error.value)
+    assert calls == []
+    nib.save(nib.Nifti1Image(head(np.random.default_rng(1), (11, 11, 12)), np.eye(4)), tmp_path / "small.nii")
+    assert volumes.reconstruct_volume(tmp_path / "small.nii", "axial", 32, Identity(), 8).brain_slices > 0
+
+
+def test_reconstruct_volume_names_a_volume_without_brain_or_too_small_in_one_line(trained, tmp_path, capsys):
+    for name, words in write_unusable_volumes(tmp_path).items():
+        out = tmp_path / f"{name}_recon.nii.gz"
+        result = call_main(predict.main, ["--model", str(trained[0]), "--reconstruct-volume", str(tmp_path / name),
+                                          "--out", str(out)], capsys)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: --reconstruct-volume {tmp_path / name}: ") and words in line
+        assert not out.exists()
