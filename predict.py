@@ -40,7 +40,7 @@ from export import add_texture, load_export, sample_images
 from metrics import evaluate_reconstructions, prior_scorer, psnr_text, ssim
 from settings import INT32_MAX, SEEDS, integers, numbers
 from utils import (check_apart, check_free_space, check_output_folder, check_writable, fail, final_path, first_line,
-                   mark_as_ours, replaced_folder, save_figure, write_bytes, write_json)
+                   replaced_folder, save_figure, write_bytes, write_json)
 
 MAX_SAMPLES = 1_000_000  # --n beyond this is refused as a typo rather than a plan
 FLOAT32_MAX = float(np.finfo(np.float32).max)
