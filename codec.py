@@ -206,6 +206,8 @@ def read_image(flag, path, image_size):
     """`dataset.decode_image` of one file, or exit with one line naming `flag` and the file."""
     try:
         return dataset.decode_image(str(path), image_size).numpy()
+    except dataset.DataError as error:  # named by the header check: too large, say
+        fail(f"{flag} {error}")
     except (tf.errors.OpError, ValueError):
         fail(f"{flag} {path}: not a readable PNG/JPEG/BMP/GIF image")
 

@@ -20,8 +20,6 @@ Only the SavedModel written by train.py is loaded (and, for --curves, its Tensor
 import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
@@ -30,17 +28,17 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import dataset
+import evaluation
 import figures
 import volumes
 from codec import HEADER, CodecError, PriorCodec, compress_files, decompress_files, model_fingerprint, prior_bits
 from export import add_texture, load_export, sample_images
-from metrics import evaluate_reconstructions, prior_scorer, psnr_text, ssim
+from metrics import psnr_text
 from settings import INT32_MAX, SEEDS, integers, numbers
-from utils import (check_apart, check_free_space, check_output_folder, check_writable, fail, final_path, first_line,
-                   replaced_folder, save_figure, write_bytes, write_json)
+from utils import (check_apart, check_free_space, check_output_folder, check_writable, fail, final_path,
+                   replaced_folder, save_figure, write_bytes)
 
 MAX_SAMPLES = 1_000_000  # --n beyond this is refused as a typo rather than a plan
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -68,8 +66,6 @@ VALUE_RANGES = {"n": integers(1, MAX_SAMPLES, expected=f"a number of images from
                 "temperature": numbers(0, FLOAT32_MAX, expected="a finite positive number"),
                 "top_k": integers(0, expected=f"0 (keep all codes) or a positive number up to {INT32_MAX:,}"),
                 "top_p": numbers(0, 1, expected="a probability above 0 and at most 1")}
-# What train.py's config.json records about the data, which every split is rebuilt from.
-SPLIT_SETTINGS = ("data", "dataset", "seed", "axis", "slices", "validation_fraction")
 
 
 def build_parser():
@@ -105,9 +101,9 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, help="images generated, compressed or reconstructed at once; "
                         "memory does not grow with --n (default: 64)")
     _add_generation_flags(parser)
-    evaluation = parser.add_argument_group("--evaluate")
-    evaluation.add_argument("--split", choices=dataset.SPLITS, help="split to evaluate (default: test)")
-    evaluation.add_argument("--metrics-out", help="metrics JSON (default: OUT/evaluation_SPLIT.json)")
+    scoring = parser.add_argument_group("--evaluate")
+    scoring.add_argument("--split", choices=dataset.SPLITS, help="split to evaluate (default: test)")
+    scoring.add_argument("--metrics-out", help="metrics JSON (default: OUT/evaluation_SPLIT.json)")
     return parser
 
 
@@ -172,36 +168,6 @@ def open_model(path):
         fail(f"--model {error}{hint}")
 
 
-def recorded_config(model):
-    """The training settings that train.py recorded in the config.json beside the export at `model`; exits
-    with one line naming the file if it is missing, unreadable or lacks the data settings."""
-    path = Path(model) / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        fail(f"--model {model}: cannot read {path}, the training settings train.py writes beside the SavedModel "
-             f"({first_line(error)})")
-    missing = [name for name in SPLIT_SETTINGS if not isinstance(config, dict) or name not in config]
-    if missing:
-        fail(f"--model {model}: {path} lacks the data settings {', '.join(missing)}; retrain or re-export it")
-    return config
-
-
-def load_split(flag, data, split, config, image_size):
-    """(source, `dataset.Decoded`) of one split of DATA ('demo' for the embedded demo), split as the model's
-    training split it: with the seed, axis, slices and validation fraction of its `config`, and its layout
-    where DATA is the data it trained on (else the detected one); exits with one line on bad input."""
-    given = None if data == "demo" else data
-    trained_on = {os.path.realpath(path) for path in (config["data"], config.get("data_root")) if path}
-    layout = config["dataset"] if given and os.path.realpath(given) in trained_on else "auto"
-    try:
-        source = dataset.load_source(given, layout, seed=config["seed"], axis=config["axis"],
-                                     slices=config["slices"], validation_fraction=config["validation_fraction"])
-        return source, dataset.decoded_split(source.splits[split], image_size)
-    except dataset.DataError as error:
-        fail(f"{flag} {error}")
-
-
 def check_outputs(args):
     """Exit with one line, before any work, if the outputs cannot be written where the flags say: --out new,
     empty or predict.py's own, apart from what this run reads and from the data the model was trained on."""
@@ -220,17 +186,7 @@ def read_paths(args):
     given = {"--model": [args.model], "--reconstruct": [args.reconstruct], "--evaluate": [args.evaluate],
              "--curves": [args.curves], "--compress": args.compress or [], "--decompress": args.decompress or []}
     named = [(flag, path) for flag, paths in given.items() for path in paths if path not in (None, "demo")]
-    return named + [(f"--model {args.model}'s training data", path) for path in training_data(args.model)]
-
-
-def training_data(model):
-    """The data that the model at `model` was trained on, as its config.json records it (nothing without one:
-    open_model and recorded_config say what is wrong where it matters)."""
-    try:
-        config = json.loads((Path(model) / "config.json").read_text())
-        return [path for path in (config["data"], config["data_root"]) if path]
-    except (OSError, ValueError, TypeError, KeyError):
-        return []
+    return named + [(f"--model {args.model}'s training data", path) for path in evaluation.training_data(args.model)]
 
 
 def new_outputs(args):
@@ -258,7 +214,7 @@ def check_volume_outputs(out, model):
         if path.exists():
             fail(f"--out {out}: {path} is already there; choose a new name (nothing was changed)")
     check_writable("--out", out, new_file=True)
-    check_apart("--out", out, [(f"--model {model}'s training data", path) for path in training_data(model)])
+    check_apart("--out", out, [(f"--model {model}'s training data", path) for path in evaluation.training_data(model)])
     return out, figure
 
 
@@ -278,6 +234,9 @@ def generate(model, metadata, args, out):
         fail(f"--label {args.label}: the model at {args.model} is not class-conditional")
     if args.label is not None and args.label not in classes:
         fail(f"--label {args.label}: expected one of {', '.join(classes)}")
+    if args.top_k > metadata["num_codes"]:
+        fail(f"--top-k {args.top_k}: expected 0 (keep all codes) up to {metadata['num_codes']}, the model's number "
+             f"of codes")
     size = metadata["image_size"]
     needed = args.n * (size * size * 1.1 + 1024)  # an 8-bit PNG is at most about its raw size
     check_free_space(f"--n {args.n}", out, needed, f"{args.n:,} images of {size}x{size}")
@@ -329,49 +288,6 @@ def draw(model, metadata, args, count, seed):
 # Reconstructing and evaluating a split
 
 
-def spread_picks(decoded, n):
-    """`n` images [n, S, S, 1] of a decoded split, spread evenly over it (and so over its patients, whose
-    slices come in order)."""
-    every = [image for image, _ in decoded.as_numpy_iterator()]
-    return np.stack(every[::max(1, len(every) // n)][:n])
-
-
-def reconstruct_figure(model, metadata, args, out):
-    """Write a figure of up to MAX_SHOWN test slices above their reconstructions, each with its SSIM."""
-    config = recorded_config(args.model)
-    source, decoded = load_split("--reconstruct", args.reconstruct, "test", config, metadata["image_size"])
-    images = spread_picks(decoded.images, min(args.n, MAX_SHOWN))
-    reconstructions = model.reconstruct(tf.constant(images)).numpy()
-    scores = ssim(images, reconstructions).numpy()
-    title = f"{source.kind} test slices (top) and reconstructions (bottom); mean SSIM {scores.mean():.3f}"
-    figure = figures.reconstructions_figure(images, reconstructions, [f"SSIM {s:.3f}" for s in scores], title)
-    path = out / f"reconstructions_{source.kind}.png"
-    save_figure(figure, path, dpi=100, bbox_inches="tight")
-    return path
-
-
-def evaluate_split(model, metadata, args, out):
-    """Evaluate one split: metrics JSON, per-image CSV, best/median/worst figure, codebook histogram.
-    Returns (the metrics, {what: path})."""
-    config = recorded_config(args.model)
-    source, decoded = load_split("--evaluate", args.evaluate, args.split, config, metadata["image_size"])
-    log_prob = prior_scorer(model, metadata, source.class_names)
-    summary, per_image, counts = evaluate_reconstructions(model, dataset.batched(decoded.images, 32),
-                                                         metadata["num_codes"], log_prob)
-    summary.update(data=source.root, source=source.kind, split=args.split, model=str(args.model))
-    paths = {"metrics": metrics_path(args, out),
-             "csv": out / f"evaluation_{args.split}.csv",
-             "examples": out / f"evaluation_{args.split}_examples.png",
-             "codebook": out / f"evaluation_{args.split}_codebook_usage.png"}
-    paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
-    write_json(paths["metrics"], summary)
-    write_bytes(paths["csv"], per_image_csv(source, source.splits[args.split], decoded.origins, per_image).encode())
-    save_figure(examples_figure(model, decoded.images, per_image["ssim"]), paths["examples"], dpi=100,
-                bbox_inches="tight")
-    save_figure(figures.codebook_figure(counts), paths["codebook"], dpi=100, bbox_inches="tight")
-    return summary, paths
-
-
 def metrics_path(args, folder):
     """Where --evaluate writes its metrics JSON, given new_outputs' `folder`: --metrics-out (in `folder` if it
     is inside --out), else evaluation_SPLIT.json in `folder`."""
@@ -379,31 +295,6 @@ def metrics_path(args, folder):
         return folder / f"evaluation_{args.split}.json"
     path, out = Path(os.path.abspath(args.metrics_out)), Path(os.path.abspath(args.out))
     return folder / path.relative_to(out) if out in path.parents else path
-
-
-def per_image_csv(source, split, origins, per_image):
-    """The text of a CSV with one row per image of `split`, in the order of its `origins` (file, slice index
-    or None): file, slice, patient, class name and each metric."""
-    of_file = {file: (patient, label) for file, patient, label in zip(split.files, split.patients, split.labels)}
-    rows = [["file", "slice", "patient", "label", *per_image]]
-    for row, (file, index) in enumerate(origins):
-        patient, label = of_file[file]
-        name = source.class_names[label] if label >= 0 and source.class_names else ""
-        rows.append([file, "" if index is None else index, patient, name,
-                     *(f"{values[row]:.6g}" for values in per_image.values())])
-    text = io.StringIO(newline="")
-    csv.writer(text).writerows(rows)
-    return text.getvalue()
-
-
-def examples_figure(model, decoded, scores):
-    """Inputs above reconstructions for the worst, median and best SSIM of the split."""
-    order = np.argsort(scores)
-    picks = {"worst": order[0], "median": order[len(order) // 2], "best": order[-1]}
-    images = np.stack([image for image, _ in decoded.as_numpy_iterator()])[list(picks.values())]
-    reconstructions = model.reconstruct(tf.constant(images)).numpy()
-    captions = [f"{name}: SSIM {scores[index]:.3f}" for name, index in picks.items()]
-    return figures.reconstructions_figure(images, reconstructions, captions, captions_above=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -424,7 +315,8 @@ def run_reconstruct(args):
     """Show test slices of --reconstruct above their reconstructions."""
     with new_outputs(args) as folder:
         model, metadata = open_model(args.model)
-        path = reconstruct_figure(model, metadata, args, folder)
+        path = evaluation.reconstruct_figure(model, metadata, args.model, args.reconstruct, min(args.n, MAX_SHOWN),
+                                             folder)
     print(f"Reconstructions: {final_path(path, folder, args.out)}")
 
 
@@ -432,7 +324,8 @@ def run_evaluate(args):
     """Evaluate the model on a split of --evaluate."""
     with new_outputs(args) as folder:
         model, metadata = open_model(args.model)
-        summary, paths = evaluate_split(model, metadata, args, folder)
+        summary, paths = evaluation.evaluate_split(model, metadata, args.model, args.evaluate, args.split,
+                                                   metrics_path(args, folder), folder)
     bits = summary.get("prior_bits_per_code")
     prior = f", prior {bits:.3f} bits per code" if bits is not None else ""
     print(f"{summary['source']} {args.split} ({summary['n_images']} images): SSIM {summary['ssim_mean']:.4f} "
@@ -486,7 +379,7 @@ def run_reconstruct_volume(args):
     """Reconstruct the volume of --reconstruct-volume slice by slice along the model's axis."""
     out, figure_path = check_volume_outputs(args.out, args.model)
     model, metadata = open_model(args.model)
-    axis = recorded_config(args.model)["axis"]
+    axis = evaluation.recorded_config(args.model)["axis"]
     try:
         trip = volumes.reconstruct_volume(args.reconstruct_volume, axis, metadata["image_size"], model,
                                           args.batch_size)

@@ -230,6 +230,9 @@ def main():
         fail(f"--model {error}")
     if not metadata["has_prior"]:
         fail(f"--model {args.model}: this export has no prior to generate with")
+    if not 0 <= args.top_k <= metadata["num_codes"]:
+        fail(f"--top-k {args.top_k}: expected 0 (keep all codes) up to {metadata['num_codes']}, the model's number "
+             f"of codes")
     size = metadata["image_size"]
     args.texture = args.texture and metadata["has_texture"]
     source = dataset.load_source(args.data)

@@ -3,8 +3,10 @@
 import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import keras
@@ -111,3 +113,12 @@ def trained(tmp_path_factory):
     result = run([sys.executable, "train.py", "--data", str(data), "--out", str(out), "--logdir", str(logdir), *TINY])
     assert result.returncode == 0, result.stderr[-3000:]
     return out, logdir, data, result.stdout
+
+
+def png_claiming(path, width, height):
+    """A small valid PNG whose IHDR is rewritten to claim `width` x `height` (a decompression bomb's header)."""
+    Image.new("1", (8, 8)).save(path)
+    raw = bytearray(path.read_bytes())
+    raw[16:24] = struct.pack(">II", width, height)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    path.write_bytes(bytes(raw))

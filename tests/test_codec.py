@@ -13,7 +13,7 @@ from PIL import Image
 import dataset
 import predict
 from codec import HEADER, CodecError, PriorCodec, model_fingerprint, prior_bits, probabilities
-from conftest import call_main
+from conftest import call_main, png_claiming
 from export import load_export
 
 
@@ -131,3 +131,14 @@ def test_quantised_probabilities_never_give_a_code_zero_probability():
     decoded = [decoder.decode(constriction.stream.model.Categorical(p, perfect=False))
                for p in probabilities(logits)]
     np.testing.assert_array_equal(decoded, codes)
+
+
+def test_compress_names_an_image_over_the_size_limit_in_one_line(trained, tmp_path, capsys):
+    png_claiming(tmp_path / "huge.png", 30000, 30000)
+    out = tmp_path / "coded"
+    result = call_main(predict.main, ["--model", str(trained[0]), "--compress", str(tmp_path / "huge.png"), "--out",
+                                      str(out)], capsys)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: --compress {tmp_path / 'huge.png'}: 30000x30000 pixels, too large")
+    assert not out.exists()

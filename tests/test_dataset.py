@@ -14,7 +14,7 @@ from PIL import Image
 import dataset
 import demo
 import volumes
-from conftest import TINY, call_main, fake_slice, write_adni
+from conftest import TINY, call_main, fake_slice, png_claiming, write_adni
 
 
 def images_of(split, size=32):
@@ -360,15 +360,6 @@ def test_a_cmyk_jpeg_decodes_like_its_rgb_original(tmp_path):
         assert np.abs(image[..., 0] - grey_of(rgb)).mean() < 2 / 255
         np.testing.assert_allclose(image[..., 0], grey_of(rgb), atol=16 / 255)
     np.testing.assert_allclose(dataset.decode_image(str(tmp_path / "p1_1.jpeg"), 32), images[0], atol=1e-6)
-
-
-def png_claiming(path, width, height):
-    """A small valid PNG whose IHDR is rewritten to claim `width` x `height` (a decompression bomb's header)."""
-    Image.new("1", (8, 8)).save(path)
-    raw = bytearray(path.read_bytes())
-    raw[16:24] = struct.pack(">II", width, height)
-    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
-    path.write_bytes(bytes(raw))
 
 
 def test_an_image_over_the_size_limit_is_named_as_too_large(tmp_path):

@@ -175,6 +175,7 @@ def test_predict_generates_16_images_and_a_grid(trained, tmp_path):
     (["--n", "0"], "--n 0"),
     (["--model", "/no/such/model"], "--model /no/such/model"),
     (["--evaluate", "/no/such/data"], "--evaluate /no/such/data: no such file"),
+    (["--top-k", "17"], "--top-k 17: expected 0 (keep all codes) up to 16, the model's number of codes"),
 ])
 def test_predict_bad_input_gives_one_line(trained, tmp_path, capsys, args, message):
     out, _, _, _ = trained

@@ -13,6 +13,7 @@ import tensorflow as tf
 from skimage import exposure
 
 import dataset
+import evaluation
 import predict
 import train
 import volumes
@@ -304,7 +305,7 @@ def test_reconstruct_picks_test_slices_from_every_volume_not_the_first_ones(tmp_
         nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / f"{subject}_T1w.nii")
     files = dataset.volume_files(tmp_path)
     split = dataset.Split(files, [volumes.subject_id(f) for f in files], [-1, -1], "axial", "all", (0, 255))
-    picks = predict.spread_picks(dataset.decoded_split(split, 8).images, 4)
+    picks = evaluation.spread_picks(dataset.decoded_split(split, 8).images, 4)
     levels = sorted(np.round(picks.max(axis=(1, 2, 3)) * 255).astype(int).tolist())
     assert levels == [100, 106, 200, 206]
 
