@@ -13,8 +13,8 @@ has. The classical methods (benchmark dependencies only: benchmarks/requirements
 With --model: `reconstruct`, the export's reconstruction of the noisy slice, and `ours`, the export's
 denoise(images, sigma) where it has that endpoint (given sigma -1 for "estimate it yourself").
 Measured on outputs clipped to [0, 1]: SSIM over the whole image (tf.image.ssim), PSNR over the whole image
-and inside the brain (the pixels where the clean slice is above BRAIN), and seconds per image (one process,
-one thread for dipy). For each sigma also the error of noise.estimate_sigma and, for reference, of dipy's
+and inside the brain (the pixels where the clean slice is above BRAIN, 0.02), and seconds per image (one
+process, one thread for dipy). For each sigma also the error of noise.estimate_sigma and, for reference, of dipy's
 estimate_sigma. Prints one JSON line per sigma and method, then a summary line.
 
     python -m benchmarks.denoise --data ../shared/data/ADNI --model saved_models/adni \\
@@ -162,10 +162,13 @@ def scores(clean, outputs):
 
 
 def estimate_points(level, noisy):
-    """JSON-ready dicts: how close noise.estimate_sigma and dipy's estimate come to the true `level`."""
+    """JSON-ready dicts: how close noise.estimate_sigma, and dipy's estimate where dipy is installed, come to
+    the true `level`."""
+    estimators = {"noise.estimate_sigma": lambda images: noise.estimate_sigma(images).numpy()}
+    if importlib.util.find_spec("dipy") is not None:
+        estimators["dipy estimate_sigma"] = dipy_estimate
     points = []
-    for name, estimate in (("noise.estimate_sigma", lambda x: noise.estimate_sigma(x).numpy()),
-                           ("dipy estimate_sigma", lambda x: dipy_estimate(x))):
+    for name, estimate in estimators.items():
         started = time.perf_counter()
         estimates = estimate(noisy)
         point = {"method": name, "sigma_mean": float(estimates.mean()), "sigma_max": float(estimates.max()),
@@ -189,14 +192,14 @@ def run_level(percent, clean, methods, givens, model, seed, emit):
     for given in givens:
         done = {}
         for name in methods:
-            if name in SIGMA_FREE and (given != givens[0]):
+            if name in SIGMA_FREE and given != givens[0]:  # they run once
                 continue
             sigma = np.full(len(clean), -1.0, np.float32) if name == "ours" and given == "estimated" else sigmas[given]
             outputs, seconds = run_method(name, model, noisy, sigma, done)
             key = (name, None if name in SIGMA_FREE else given)
             results[key] = outputs
             emit(percent, {"method": name, "sigma_given": key[1], **scores(clean, outputs),
-                         "seconds_per_image": seconds})
+                           "seconds_per_image": seconds})
     return noisy, results
 
 
@@ -261,9 +264,16 @@ def plot_examples(clean, noisy, results, level, path, count=3):
     save_figure(figure, path, dpi=100, bbox_inches="tight")
 
 
+def best_of(points, metric):
+    """The method, SSIM, PSNR inside the brain and seconds per image of the point with the highest `metric`."""
+    # A PSNR of None is that of outputs equal to the clean slices (infinite): the best.
+    best = max(points, key=lambda point: np.inf if point[metric] is None else point[metric])
+    return {key: best[key] for key in ("method", "ssim", "psnr_brain", "seconds_per_image")}
+
+
 def summary(points, command, n_images):
-    """The summary line: at each sigma, the best classical method by SSIM, given the true and the estimated
-    sigma, and the export's methods."""
+    """The summary line: at each sigma, the best classical method by SSIM and by PSNR inside the brain, given
+    the true and the estimated sigma, and the export's methods."""
     levels = {}
     for level in sorted({p["sigma_percent"] for p in points}):
         here = [p for p in points if p["sigma_percent"] == level and "ssim" in p]
@@ -271,8 +281,8 @@ def summary(points, command, n_images):
         for given in ("true", "estimated"):
             classical = [p for p in here if p["method"] in PACKAGES and p["sigma_given"] == given]
             if classical:
-                best = max(classical, key=lambda p: p["ssim"])
-                row[f"best_classical_{given}_sigma"] = {key: best[key] for key in ("method", "ssim", "psnr_brain")}
+                row[f"best_classical_{given}_sigma"] = {f"by_{metric}": best_of(classical, metric)
+                                                         for metric in ("ssim", "psnr_brain")}
         for p in (p for p in here if p["method"] in MODEL_METHODS):
             row[p["method"] + (f" ({p['sigma_given']} sigma)" if p["sigma_given"] else "")] = {
                 key: p[key] for key in ("ssim", "psnr_brain", "seconds_per_image")}
