@@ -74,6 +74,11 @@ SETTINGS = (
              help="weight of 1 - SSIM added to the squared error (default: %(default)s)"),
     _setting("ema_decay", "model", (VQVAE,), (VQVAE, "ema_decay"), type=float, default=0.99,
              help="EMA decay of the codebook; 0 learns it by gradient instead (default: %(default)s)"),
+    _setting("train_noise", "model", (VQVAE,), (VQVAE, "train_noise"), type=float, default=0.0,
+             metavar="SIGMA_MAX", help="train the VQ-VAE to denoise: its encoder sees each training slice with "
+             "Rician noise of a sigma drawn per slice up to SIGMA_MAX (a fraction of the intensity range; a "
+             "quarter of the slices stay clean) and the loss compares its output with the clean slice; 0 trains "
+             "on clean slices only (default: %(default)s)"),
 
     _setting("prior_epochs", "prior", type=int, default=8, help="epochs of the prior (default: %(default)s)"),
     _setting("prior_channels", "prior", (PRIOR,), (PRIOR, "channels"), type=int, default=32,
