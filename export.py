@@ -33,9 +33,10 @@ With a prior (has_prior):
 
 Every endpoint checks its inputs before any work and raises tf.errors.InvalidArgumentError, its message
 naming the argument and what it expects, instead of wrapping, clamping or drawing from nonsense: images with
-values outside [0, 1] or NaN; sigma not finite or not one for each image; codes and previous outside 0..num_codes-1; label and labels outside
-0..len(class_names)-1; labels or previous not one for each image; n below 1; temperature not positive and
-finite; top_k outside 0..num_codes; top_p outside (0, 1]; position outside 0..grid*grid-1.
+values outside [0, 1] or NaN; sigma not finite or not one for each image; codes and previous outside
+0..num_codes-1; label and labels outside 0..len(class_names)-1; labels or previous not one for each image; n
+below 1; temperature not positive and finite; top_k outside 0..num_codes; top_p outside (0, 1]; position
+outside 0..grid*grid-1.
 """
 
 import json
