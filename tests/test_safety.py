@@ -242,8 +242,8 @@ CURRENT_METADATA = {"image_size": 32, "grid": 8, "num_codes": 16, "class_names":
 
 
 @pytest.mark.parametrize("metadata, endpoints, missing", [
-    ({key: value for key, value in CURRENT_METADATA.items() if key != "has_texture"}, ("denoise", "noise_sigma"),
-     "metadata without has_texture:"),
+    ({key: value for key, value in CURRENT_METADATA.items() if key != "has_texture"},
+     ("denoise", "noise_sigma"), "metadata without has_texture:"),
     ({**CURRENT_METADATA, "has_prior": True}, ("texture", "denoise", "noise_sigma", "sample"),
      "no prior_logits, log_prob, prior_start, prior_step endpoints:"),
 ])
