@@ -257,7 +257,8 @@ def test_a_stale_export_gets_one_line_asking_to_retrain_it(metadata, endpoints, 
     assert line.endswith(f": made by an earlier version of this project; retrain it (python train.py --out {stale})")
     assert not (tmp_path / "p").exists()
     current = tmp_path / "current"
-    write_stale_export(current, CURRENT_METADATA, ["texture", "denoise", "noise_sigma"])  # what train.py writes today is accepted
+    # What train.py writes today is accepted.
+    write_stale_export(current, CURRENT_METADATA, ["texture", "denoise", "noise_sigma"])
     assert load_export(current)[1] == CURRENT_METADATA
 
 
