@@ -144,7 +144,9 @@ SETTINGS = (
     _setting("ema_decay", "model", (VQVAE,), (VQVAE, "ema_decay"),
              numbers(0, 1, "high", expected="0 (off) or a value in (0, 1)"), type=float, default=0.99,
              help="EMA decay of the codebook; 0 learns it by gradient instead (default: %(default)s)"),
-    _setting("train_noise", "model", (VQVAE,), (VQVAE, "train_noise"), type=float, default=0.0,
+    _setting("train_noise", "model", (VQVAE,), (VQVAE, "train_noise"),
+             numbers(0, 1, "", expected="0 (off) or a noise sigma up to 1, the intensity range"), type=float,
+             default=0.0,
              metavar="SIGMA_MAX", help="train the VQ-VAE to denoise: its encoder sees each training slice with "
              "Rician noise of a sigma drawn per slice up to SIGMA_MAX (a fraction of the intensity range; a "
              "quarter of the slices stay clean) and the loss compares its output with the clean slice; 0 trains "
