@@ -9,9 +9,14 @@ Always:
     decode(codes) -> images
     reconstruct(images) -> images
     metadata() -> a JSON string: image_size, grid, num_codes, class_names, class_counts (the training images
-        of each class), has_prior, has_texture
+        of each class), has_prior, has_texture, has_denoiser
     texture(images, seed) -> the images plus one draw of the residual texture that the codes do not carry
         (`texture.DecoderTexture`), for generated slices; where has_texture
+    denoise(images, sigma) -> the images freed of Rician noise of standard deviation sigma [N] (float32, a
+        fraction of the intensity range, one per image; negative: estimated from the image), by the
+        reconstruction and the Wiener filter of `denoiser.Denoiser`; where has_denoiser
+    noise_sigma(images) -> [N], the Rician noise sigma that denoise estimates for each image; where
+        has_denoiser
 With a prior (has_prior):
     sample(n, temperature, seed, top_k, top_p, keep_background) -> images. top_k 0 and top_p 1 keep every
         code; keep_background True makes temperature, top_k and top_p reshape only the codes that are not
@@ -28,9 +33,10 @@ With a prior (has_prior):
 
 Every endpoint checks its inputs before any work and raises tf.errors.InvalidArgumentError, its message
 naming the argument and what it expects, instead of wrapping, clamping or drawing from nonsense: images with
-values outside [0, 1] or NaN; codes and previous outside 0..num_codes-1; label and labels outside
-0..len(class_names)-1; labels or previous not one for each image; n below 1; temperature not positive and
-finite; top_k outside 0..num_codes; top_p outside (0, 1]; position outside 0..grid*grid-1.
+values outside [0, 1] or NaN; sigma not finite or not one for each image; codes and previous outside
+0..num_codes-1; label and labels outside 0..len(class_names)-1; labels or previous not one for each image; n
+below 1; temperature not positive and finite; top_k outside 0..num_codes; top_p outside (0, 1]; position
+outside 0..grid*grid-1.
 """
 
 import json
@@ -40,19 +46,22 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+import noise
 from utils import first_line
 
 REQUIRED_ENDPOINTS = ("encode", "decode", "reconstruct", "metadata")
 PRIOR_ENDPOINTS = ("sample", "prior_logits", "log_prob", "prior_start", "prior_step")
-METADATA_KEYS = ("image_size", "grid", "num_codes", "class_names", "class_counts", "has_prior", "has_texture")
+METADATA_KEYS = ("image_size", "grid", "num_codes", "class_names", "class_counts", "has_prior", "has_texture",
+                 "has_denoiser")
 SCALARS = {"n": tf.int32, "label": tf.int32, "temperature": tf.float32, "seed": tf.int32, "top_k": tf.int32,
            "top_p": tf.float32, "keep_background": tf.bool, "position": tf.int32}
 SAMPLING = ("temperature", "seed", "top_k", "top_p", "keep_background")
 
 
-def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_counts=None, texture=None):
+def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_counts=None, texture=None,
+                      denoiser=None):
     """Write `vqvae` (and `prior`, with the training split's `class_counts` if it is conditional, and the
-    fitted `texture`) as one SavedModel at `path` with the endpoints above."""
+    fitted `texture` and `denoiser`) as one SavedModel at `path` with the endpoints above."""
     from keras.export import ExportArchive
 
     grid = image_size // vqvae.downsampling_factor
@@ -74,6 +83,8 @@ def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_count
         archive.track(texture)
         archive.add_endpoint("texture", lambda images, seed: texture(checked_images(images), seed=seed),
                              input_signature=[specs["images"], specs["seed"]])
+    if denoiser is not None:
+        _add_denoising_endpoints(archive, vqvae, denoiser, specs["images"])
     if prior is not None:
         archive.track(prior)
         _add_sampling_endpoints(archive, vqvae, prior, specs, class_counts, background_codes(vqvae, image_size))
@@ -86,6 +97,21 @@ def background_codes(vqvae, image_size):
     slices (a few: the image's border changes them)."""
     codes = vqvae.encode(tf.zeros((1, image_size, image_size, 1))).numpy()
     return np.isin(np.arange(vqvae.quantizer.num_codes), codes)
+
+
+def _add_denoising_endpoints(archive, vqvae, denoiser, images_spec):
+    """denoise and noise_sigma."""
+    archive.track(denoiser)
+
+    def denoise(images, sigma):
+        images = checked_images(images)
+        sigma = checked_sigma(sigma, tf.shape(images)[0])
+        return denoiser(images, vqvae.reconstruct(images), sigma)
+
+    archive.add_endpoint("denoise", denoise, input_signature=[images_spec, tf.TensorSpec([None], tf.float32,
+                                                                                          name="sigma")])
+    archive.add_endpoint("noise_sigma", lambda images: noise.estimate_sigma(checked_images(images)),
+                         input_signature=[images_spec])
 
 
 def _add_sampling_endpoints(archive, vqvae, prior, specs, class_counts, background):
@@ -183,6 +209,13 @@ def checked_images(images):
     return _passed(images, _within(images, 0.0, 1.0, "images: expected values from 0 to 1 (and no NaN)"))
 
 
+def checked_sigma(sigma, count):
+    """`sigma` once it is known to be `count` finite numbers."""
+    message = "sigma: expected a finite noise level (negative: estimate it) for each image"
+    return _passed(sigma, [tf.debugging.assert_equal(tf.size(sigma), count, message=message),
+                           tf.debugging.assert_less(tf.abs(sigma), tf.constant(np.inf), message=message)])
+
+
 def checked_codes(codes, num_codes, name="codes"):
     """`codes` once each is known to be one of the `num_codes` codes."""
     return _passed(codes, _within(codes, 0, num_codes - 1, f"{name}: expected codes from 0 to {num_codes - 1}"))
@@ -262,6 +295,7 @@ def _missing_parts(model, metadata):
     """What the export `model` lacks of the contract, in words ("" if nothing): metadata keys, and endpoints
     that its metadata promises."""
     promised = ["texture"] if metadata.get("has_texture") else []
+    promised += ["denoise", "noise_sigma"] if metadata.get("has_denoiser") else []
     if metadata.get("has_prior"):
         promised += [*PRIOR_ENDPOINTS, *(["sample_class"] if metadata.get("class_names") else [])]
     keys = [key for key in METADATA_KEYS if key not in metadata]

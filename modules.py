@@ -12,9 +12,11 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+import noise
 from metrics import mean_ssim, perplexity, psnr
 
 PACKAGE = "brain_vqvae"
+CLEAN_SHARE = 0.25  # the share of training images that a VQ-VAE trained with noise sees without it
 
 Quantized = collections.namedtuple("Quantized", ["vectors", "indices", "loss"])
 Quantized.__doc__ = """What `VectorQuantizer.quantize_vectors` returns: the quantised vectors (straight-through
@@ -240,6 +242,11 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
     """Encoder, `VectorQuantizer` and decoder, trained end to end on mean squared reconstruction error,
     plus `ssim_weight * (1 - SSIM)` of the reconstructions when `ssim_weight` > 0.
 
+    With `train_noise` > 0 it learns to denoise: in training the encoder sees a copy of each image with
+    Rician noise of a sigma drawn per image from U(0, train_noise) (a share CLEAN_SHARE of the images stays
+    clean, so that clean reconstruction does not suffer), while the loss compares the output with the clean
+    image. Validation and `evaluate` see clean images, so their metrics stay comparable between models.
+
     `fit` and `evaluate` take batches of images [N, S, S, 1] in [0, 1] (or (images, labels) pairs, whose
     labels are ignored) and track the loss, its reconstruction and VQ parts, MSE, SSIM, PSNR, the codebook's
     perplexity and the fraction of codes in use. The codebook's settings (num_codes, beta, ema_decay,
@@ -247,10 +254,10 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
     """
 
     def __init__(self, num_codes=256, code_dim=32, channels=64, downsamplings=2, res_blocks=2, beta=0.25,
-                 ema_decay=0.99, dead_code_steps=20, ssim_weight=0.05, seed=None, **kwargs):
+                 ema_decay=0.99, dead_code_steps=20, ssim_weight=0.05, train_noise=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         shape = dict(code_dim=code_dim, channels=channels, downsamplings=downsamplings, res_blocks=res_blocks)
-        self.keep(**shape, ssim_weight=ssim_weight)
+        self.keep(**shape, ssim_weight=ssim_weight, train_noise=train_noise)
         # Keras 3 averages a multi-worker run's logs over a batch axis that scalars lack (keras-team/keras#20585);
         # the code that sets up such a run turns this on.
         self.logs_with_batch_axis = False
@@ -289,10 +296,29 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
         """Images -> their reconstructions through the codebook, clipped to [0, 1]."""
         return ops.clip(self(images), 0.0, 1.0)
 
-    def _forward(self, images, training):
-        """(clipped reconstructions, code indices, losses) of a batch; the losses are a dict whose "loss" is
-        their total."""
-        vectors = self.encoder(images, training=training)
+    def noisy_inputs(self, images, step):
+        """What the encoder sees of `images` at training step `step`: with `train_noise`, a copy with Rician
+        noise (clipped to [0, 1], as an image file is) of a sigma drawn per image; else the images.
+
+        Stateless draws seeded by (seed, step, replica), so that a --deterministic run repeats and replicas
+        draw different noise for their different images.
+        """
+        if not self.train_noise:
+            return images
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        counter = tf.cast(step, tf.int64) * replicas + tf.cast(replica, tf.int64)
+        seed = tf.stack([tf.constant(self.quantizer.seed, tf.int64), counter])
+        draws = tf.random.stateless_uniform([2, tf.shape(images)[0]], seed)
+        sigma = tf.where(draws[0] < CLEAN_SHARE, 0.0, draws[1] * self.train_noise)
+        noise_seed = tf.stack([seed[0], -1 - counter])  # apart from the seeds of the sigmas above
+        return tf.clip_by_value(noise.rician_noise(images, sigma, noise_seed), 0.0, 1.0)
+
+    def _forward(self, images, training, inputs=None):
+        """(clipped reconstructions, code indices, losses) of a batch whose encoder sees `inputs` (default:
+        the images themselves); the losses compare with `images` and are a dict whose "loss" is their total."""
+        vectors = self.encoder(images if inputs is None else inputs, training=training)
         quantized, indices, vq_loss = self.quantizer.quantize_vectors(vectors, training=training)
         outputs = ops.cast(self.decoder(quantized, training=training), "float32")
         reconstructions = ops.clip(outputs, 0.0, 1.0)
@@ -316,8 +342,9 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
 
     def train_step(self, data):
         images = _images_of(data)
+        inputs = self.noisy_inputs(images, self.optimizer.iterations)
         with tf.GradientTape() as tape:
-            reconstructions, indices, losses = self._forward(images, training=True)
+            reconstructions, indices, losses = self._forward(images, training=True, inputs=inputs)
             # Replicas' gradients are summed, so each takes its share of the global mean; the loss scale
             # keeps float16 gradients from underflowing under mixed precision (identity otherwise).
             replicas = tf.distribute.get_strategy().num_replicas_in_sync

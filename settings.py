@@ -144,6 +144,11 @@ SETTINGS = (
     _setting("ema_decay", "model", (VQVAE,), (VQVAE, "ema_decay"),
              numbers(0, 1, "high", expected="0 (off) or a value in (0, 1)"), type=float, default=0.99,
              help="EMA decay of the codebook; 0 learns it by gradient instead (default: %(default)s)"),
+    _setting("train_noise", "model", (VQVAE,), (VQVAE, "train_noise"), type=float, default=0.0,
+             metavar="SIGMA_MAX", help="train the VQ-VAE to denoise: its encoder sees each training slice with "
+             "Rician noise of a sigma drawn per slice up to SIGMA_MAX (a fraction of the intensity range; a "
+             "quarter of the slices stay clean) and the loss compares its output with the clean slice; 0 trains "
+             "on clean slices only (default: %(default)s)"),
 
     _setting("prior_epochs", "prior", accepts=integers(), type=int, default=8,
              help="epochs of the prior (default: %(default)s)"),

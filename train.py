@@ -42,6 +42,7 @@ from export import export_savedmodel
 from metrics import evaluate_reconstructions, psnr_text
 from modules import VQVAETrainer
 from prior import GatedPixelCNN, bits_per_code
+from denoiser import fit_denoiser
 from texture import fit_texture
 from utils import (RunLock, atomic_directory, check_output_folder, check_writable, describe, enclosing_output, fail,
                    first_line, is_inside, is_ours, mark_as_ours, marker_of, write_json)
@@ -399,7 +400,7 @@ def main(argv=None):
         trained = load_trained_vqvae(run.out) if args.stage == "prior" else None
         data = load_data(args)
         try:
-            vqvae, texture, prior, metrics = train_stages(args, run, data, trained)
+            vqvae, texture, denoiser, prior, metrics = train_stages(args, run, data, trained)
         except KeyboardInterrupt:
             print(f"Interrupted; the last completed epoch is saved in {run.checkpoints}/. To continue, run: "
                   f"{resume_command()}", file=sys.stderr)
@@ -407,26 +408,29 @@ def main(argv=None):
         if not run.is_chief:
             print("Training done; the chief worker writes the outputs.")
             return
-        export_run(args, run, data, vqvae, texture, prior, metrics)
+        export_run(args, run, data, vqvae, texture, denoiser, prior, metrics)
     report(run, metrics)
 
 
 def train_stages(args, run, data, trained=None):
     """Train the stages that --stage names, starting from the `trained` (VQ-VAE, metrics) for --stage prior;
-    returns the VQ-VAE, its texture fitted on the training split (None on workers other than the chief), the
-    prior (None if not trained here) and their metrics."""
+    returns the VQ-VAE, its texture and denoiser fitted on the training split (None on workers other than the
+    chief), the prior (None if not trained here) and their metrics."""
     vqvae, metrics = trained or train_vqvae(args, data, run)
-    texture = fit_texture(vqvae, texture_slices(data.decoded["train"])) if run.is_chief else None
+    texture = denoiser = None
+    if run.is_chief:
+        slices = texture_slices(data.decoded["train"])
+        texture, denoiser = fit_texture(vqvae, slices), fit_denoiser(vqvae, slices)
     prior = None
     if args.stage in ("all", "prior") and run.is_chief:
         # The prior over small code grids is a small part of the work; a multi-worker run trains it on the
         # chief alone, whose local devices suffice (and Keras 3 cannot fit its nested batches there).
         prior, prior_metrics = train_prior(args, vqvae, texture, data, run.on_chief_alone())
         metrics.update(prior_metrics)
-    return vqvae, texture, prior, metrics
+    return vqvae, texture, denoiser, prior, metrics
 
 
-def export_run(args, run, data, vqvae, texture, prior, metrics):
+def export_run(args, run, data, vqvae, texture, denoiser, prior, metrics):
     """Write the SavedModel, the Keras models, config.json, metrics.json and the training curves to --out,
     all at once (atomically); exits with one line if --out cannot be written."""
     source = data.source
@@ -440,7 +444,8 @@ def export_run(args, run, data, vqvae, texture, prior, metrics):
     metadata = {"image_size": args.image_size, "grid": args.image_size // vqvae.downsampling_factor,
                 "num_codes": vqvae.quantizer.num_codes, "has_prior": prior is not None,
                 "class_names": source.class_names if prior and prior.num_classes else [],
-                "class_counts": metrics.get("prior_class_counts") or [], "has_texture": True}
+                "class_counts": metrics.get("prior_class_counts") or [], "has_texture": True,
+                "has_denoiser": True}
     record = marker_of(run.out)
     foreign = record is None and run.out.exists() and (not run.out.is_dir() or any(run.out.iterdir()))
     if foreign or (record is not None and record.get("kind") != "export"):  # it appeared while this run trained
@@ -449,7 +454,7 @@ def export_run(args, run, data, vqvae, texture, prior, metrics):
     try:
         with atomic_directory(run.out) as tmp:
             export_savedmodel(vqvae, tmp, args.image_size, metadata, prior, metadata["class_counts"] or None,
-                              texture)
+                              texture, denoiser)
             vqvae.save(tmp / "model.keras")
             if prior is not None:
                 prior.save(tmp / "prior.keras")
@@ -481,8 +486,9 @@ def report(run, metrics):
               f"(uniform: {metrics['prior_uniform_bits_per_code']:.0f}); trained "
               f"{metrics['prior_train_seconds'] / 60:.1f} min")
     out = run.out
-    endpoints = "encode, decode, reconstruct, texture" + (", sample, prior_logits, log_prob, prior_start, prior_step"
-                                                 if "prior_validation_bits_per_code" in metrics else "")
+    endpoints = "encode, decode, reconstruct, texture, denoise, noise_sigma" + (
+        ", sample, prior_logits, log_prob, prior_start, prior_step" if "prior_validation_bits_per_code" in metrics
+        else "")
     print(f"SavedModel:  {out}  (tf.saved_model.load; {endpoints})")
     prior = f", {out / 'prior.keras'}" if (out / "prior.keras").exists() else ""
     print(f"Keras:       {out / 'model.keras'}{prior}")

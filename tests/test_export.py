@@ -71,6 +71,11 @@ SCRIPT = textwrap.dedent("""
         "encode 1.5": ("images", lambda: model.encode(images(0.5, 1.5))),
         "reconstruct -0.5": ("images", lambda: model.reconstruct(images(-0.5))),
         "texture nan": ("images", lambda: model.texture(images(nan), 0)),
+        "denoise 1.5": ("images", lambda: model.denoise(images(1.5), tf.constant([0.1]))),
+        "denoise sigma nan": ("sigma", lambda: model.denoise(images(0.5), tf.constant([nan]))),
+        "denoise sigma inf": ("sigma", lambda: model.denoise(images(0.5), tf.constant([inf]))),
+        "denoise 1 sigma for 2 images": ("sigma", lambda: model.denoise(images(0.5, 0.5), tf.constant([0.1]))),
+        "noise_sigma nan": ("images", lambda: model.noise_sigma(images(nan))),
         "log_prob 2": ("images", lambda: model.log_prob(images(2.0), tf.constant([0]))),
         "prior_step position -1": ("position", lambda: step(position=-1)),
         "prior_step position G*G": ("position", lambda: step(position=G * G)),
@@ -85,6 +90,8 @@ SCRIPT = textwrap.dedent("""
         "encode 0 and 1": lambda: model.encode(images(0.0, 1.0)),
         "reconstruct 0 and 1": lambda: model.reconstruct(images(0.0, 1.0)),
         "texture 0 and 1": lambda: model.texture(images(0.0, 1.0), 0),
+        "denoise 0 and 1, sigma 0 and -1": lambda: model.denoise(images(0.0, 1.0), tf.constant([0.0, -1.0])),
+        "noise_sigma 0 and 1": lambda: model.noise_sigma(images(0.0, 1.0)),
         "log_prob 0 and 1, labels 0 and C-1": lambda: model.log_prob(images(0.0, 1.0), tf.constant([0, C - 1])),
         "sample n 1, top_k K, top_p 1": lambda: sample(n=1, top_k=K, top_p=1.0),
         "sample small temperature and top_p": lambda: sample(temperature=1e-6, top_p=1e-6),
@@ -121,6 +128,7 @@ def called(trained, tmp_path_factory):
 def test_every_bad_input_is_an_invalid_argument_error_naming_the_argument(called):
     metadata, results = called
     assert metadata["class_names"] == ["AD", "NC"] and metadata["has_prior"]  # the conditional export
+    assert metadata["has_denoiser"]
     bad = {name: result for name, result in results.items() if "argument" in result}
     assert len(bad) > 30
     wrong = {name: result for name, result in bad.items()
@@ -134,7 +142,8 @@ def test_inputs_at_the_edges_of_their_ranges_still_work(called):
     expected = {"decode codes 0 and K-1": [2, size, size, 1],
                 "prior_logits codes 0 and K-1, labels 0 and C-1": [2, grid, grid, num_codes],
                 "encode 0 and 1": [2, grid, grid], "reconstruct 0 and 1": [2, size, size, 1],
-                "texture 0 and 1": [2, size, size, 1], "log_prob 0 and 1, labels 0 and C-1": [2],
+                "texture 0 and 1": [2, size, size, 1], "denoise 0 and 1, sigma 0 and -1": [2, size, size, 1],
+                "noise_sigma 0 and 1": [2], "log_prob 0 and 1, labels 0 and C-1": [2],
                 "sample n 1, top_k K, top_p 1": [1, size, size, 1],
                 "sample small temperature and top_p": [2, size, size, 1],
                 "sample_class label 0, top_k K": [2, size, size, 1],

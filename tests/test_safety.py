@@ -238,7 +238,7 @@ def write_stale_export(path, metadata, endpoints=()):
 
 
 CURRENT_METADATA = {"image_size": 32, "grid": 8, "num_codes": 16, "class_names": [], "class_counts": [],
-                    "has_prior": False, "has_texture": True}
+                    "has_prior": False, "has_texture": True, "has_denoiser": True}
 
 
 @pytest.mark.parametrize("metadata, endpoints, missing", [
@@ -257,7 +257,7 @@ def test_a_stale_export_gets_one_line_asking_to_retrain_it(metadata, endpoints, 
     assert line.endswith(f": made by an earlier version of this project; retrain it (python train.py --out {stale})")
     assert not (tmp_path / "p").exists()
     current = tmp_path / "current"
-    write_stale_export(current, CURRENT_METADATA, ["texture"])  # what train.py writes today is accepted
+    write_stale_export(current, CURRENT_METADATA, ["texture", "denoise", "noise_sigma"])  # what train.py writes today is accepted
     assert load_export(current)[1] == CURRENT_METADATA
 
 
