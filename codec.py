@@ -18,7 +18,6 @@ import hashlib
 import struct
 import time
 import zlib
-from pathlib import Path
 
 import constriction
 import keras
