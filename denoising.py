@@ -1,13 +1,14 @@
 """predict.py --denoise: image files and volumes of any size through the export's denoise endpoint.
 
-The export denoises images of its own size S that carry Rician noise of one sigma. An image is padded to a
-square of side D, and its noise level is estimated there, at its own resolution, where the Rician model
-holds (the export's noise_sigma where D is S, else the same estimate, `noise.estimate_sigma`). Area-resizing
-the square to S averages about (D/S)^2 pixels into one: the noise's standard deviation shrinks by
-`noise_scale(D, S)`, but the Rician bias (the floor of the background, the lift of dark tissue) does not,
-since averaging keeps means. `model_inputs` therefore takes from the resized image the bias of the larger
-sigma beyond that of the smaller one, so that it looks like an S-pixel slice with Rician noise of the smaller
-sigma, the one denoise is given. The output is resized back to D and cropped to the input's shape.
+The export denoises images of its own size S that carry Rician noise of one sigma: it removes the Rician bias
+of that sigma (the floor of the background, the lift of dark tissue) and weighs the image's detail against
+noise of that sigma. An image is padded to a square of side D, and its noise level is estimated there, at its
+own resolution, where the Rician model holds (the export's noise_sigma where D is S, else the estimate that
+noise_sigma makes, `noise.estimate_sigma`). Area-resizing the square to S averages about (D/S)^2 pixels into
+one: the noise's standard deviation shrinks by `noise_scale(D, S)`, but the bias does not, since averaging
+keeps means. So denoise is given the smaller sigma, and `model_inputs` first removes the part of the bias that
+it would leave: its own correction then totals that of the full sigma. The output is resized back to D and
+cropped to the input's shape.
 """
 
 import dataclasses
@@ -48,8 +49,9 @@ def noise_scale(side, size):
 
 
 def model_inputs(resized, sigma, model_sigma):
-    """`resized` images [N, S, S, 1] whose Rician bias is that of `sigma` [N], given the bias of `model_sigma`
-    [N] (<= sigma) instead: sqrt(max(x^2 - 2 (sigma^2 - model_sigma^2), 0))."""
+    """`resized` images [N, S, S, 1] whose Rician bias is that of `sigma` [N], less the bias that correcting for
+    `model_sigma` [N] (<= sigma) removes: sqrt(max(x^2 - 2 (sigma^2 - model_sigma^2), 0)), so that the
+    correction `noise.rician_bias_correct(_, model_sigma)` of the result is that of `sigma`."""
     excess = np.sqrt(np.maximum(np.square(sigma) - np.square(model_sigma), 0.0)).astype(np.float32)
     return noise.rician_bias_correct(resized, excess).numpy()
 
