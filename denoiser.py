@@ -40,7 +40,7 @@ class Denoiser(layers.Layer):
         if list(self.levels) != sorted(set(self.levels)):
             raise ValueError(f"levels: expected increasing noise sigmas, got {levels}")
 
-    def build(self, *input_shapes):
+    def build(self, input_shape=None):
         shape = (len(self.levels), self.image_size, self.image_size // 2 + 1)
         self.spectrum = self.add_weight(shape=shape, initializer="zeros", trainable=False, name="spectrum")
 

@@ -468,8 +468,8 @@ def export_run(args, run, data, vqvae, texture, denoiser, prior, metrics):
 
 
 def texture_slices(decoded, count=512):
-    """About `count` training images (numpy) to fit the decoder's texture on: spread over the split where its
-    size is known, else its first `count` (slices of volumes, counted only as they are read)."""
+    """About `count` training images (numpy) to fit the decoder's texture and the denoiser on: spread over the
+    split where its size is known, else its first `count` (slices of volumes, counted only as they are read)."""
     total = int(decoded.cardinality())
     every = max(1, total // count) if total > 0 else 1
     return np.stack([image for image, _ in decoded.shard(every, 0).take(count).as_numpy_iterator()])

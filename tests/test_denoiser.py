@@ -3,6 +3,7 @@ and against the exported endpoint called from a process without this project."""
 
 import runtime  # noqa: F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 
+import json
 import sys
 import textwrap
 
@@ -169,3 +170,33 @@ def test_the_exported_endpoint_equals_the_layer(tmp_path):
     expected = layer(noisy, vqvae.reconstruct(noisy), tf.constant([0.05, estimated[1], 0.2])).numpy()[..., 0]
     np.testing.assert_allclose(denoised, expected, atol=1e-5)
     assert np.abs(denoised - reconstructed).max() > 1e-3  # the filter did something
+
+
+DISTRIBUTED = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np
+    import modules
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = modules.VQVAETrainer(num_codes=16, code_dim=8, channels=16, res_blocks=1, train_noise=0.3)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    images = np.random.default_rng(0).random((16, 16, 16, 1)).astype("float32")
+    history = model.fit(images, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    same = tf.constant(images[:4])
+    drawn = strategy.run(tf.function(lambda: model.noisy_inputs(same, 0)))
+    copies = [tensor.numpy() for tensor in strategy.experimental_local_results(drawn)]
+    differ = bool(np.abs(copies[0] - copies[1]).max() > 0)
+    print(json.dumps({"loss": history.history["loss"], "replicas_differ": differ}))
+""")
+
+
+def test_noise_training_runs_per_replica_under_mixed_precision():
+    result = run([sys.executable, "-c", DISTRIBUTED])
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(np.isfinite(printed["loss"])) and printed["replicas_differ"]

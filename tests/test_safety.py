@@ -242,9 +242,9 @@ CURRENT_METADATA = {"image_size": 32, "grid": 8, "num_codes": 16, "class_names":
 
 
 @pytest.mark.parametrize("metadata, endpoints, missing", [
-    ({key: value for key, value in CURRENT_METADATA.items() if key != "has_texture"}, (),
-     "metadata without has_texture:"),
-    ({**CURRENT_METADATA, "has_prior": True}, ("texture", "sample"),
+    ({key: value for key, value in CURRENT_METADATA.items() if key != "has_texture"},
+     ("denoise", "noise_sigma"), "metadata without has_texture:"),
+    ({**CURRENT_METADATA, "has_prior": True}, ("texture", "denoise", "noise_sigma", "sample"),
      "no prior_logits, log_prob, prior_start, prior_step endpoints:"),
 ])
 def test_a_stale_export_gets_one_line_asking_to_retrain_it(metadata, endpoints, missing, tmp_path, capsys):
@@ -257,7 +257,8 @@ def test_a_stale_export_gets_one_line_asking_to_retrain_it(metadata, endpoints, 
     assert line.endswith(f": made by an earlier version of this project; retrain it (python train.py --out {stale})")
     assert not (tmp_path / "p").exists()
     current = tmp_path / "current"
-    write_stale_export(current, CURRENT_METADATA, ["texture", "denoise", "noise_sigma"])  # what train.py writes today is accepted
+    # What train.py writes today is accepted.
+    write_stale_export(current, CURRENT_METADATA, ["texture", "denoise", "noise_sigma"])
     assert load_export(current)[1] == CURRENT_METADATA
 
 
