@@ -11,14 +11,13 @@ decoder's alike: both run the same compiled function on one image, so they see b
 decodes only with the model that wrote it: the fingerprint names that model, and the checksum catches any
 difference in arithmetic (another platform, another build) instead of writing a wrong image.
 
-`compress_files` and `decompress_files` walk the files and folders named on predict.py's command line.
+`compress_files` and `decompress_files` code the files and folders named on predict.py's command line.
 """
 
 import hashlib
 import struct
 import time
 import zlib
-from pathlib import Path
 
 import constriction
 import keras
@@ -27,6 +26,7 @@ import tensorflow as tf
 
 import dataset
 from figures import png_bytes
+from folders import mirrored_inputs, output_path
 from utils import fail, write_bytes
 
 MAGIC = b"VQ"
@@ -179,29 +179,6 @@ class PriorCodec:
 # Files and folders
 
 
-def codec_inputs(flag, given, is_input):
-    """[(file, output path relative to the output folder, without suffix)] for each file in `given` and each
-    file below each folder in it for which `is_input(path)`; exits with one line (naming `flag`) if there is
-    none, or if two would write one output."""
-    found = []
-    for name in given:
-        path = Path(name)
-        if path.is_dir():
-            found += [(file, file.relative_to(path).with_suffix("")) for file in sorted(path.rglob("*"))
-                      if file.is_file() and not file.name.startswith(".") and is_input(file)]
-        elif path.is_file():
-            found.append((path, Path(path.stem)))
-        else:
-            fail(f"{flag} {name}: no such file or folder")
-    if not found:
-        fail(f"{flag} {' '.join(given)}: no input files there")
-    outputs = [output for _, output in found]
-    if len(set(outputs)) < len(outputs):
-        twice = next(output for output in outputs if outputs.count(output) > 1)
-        fail(f"{flag}: two inputs would both be written as {twice}; compress them in separate runs")
-    return found
-
-
 def read_image(flag, path, image_size):
     """`dataset.decode_image` of one file, or exit with one line naming `flag` and the file."""
     try:
@@ -215,7 +192,7 @@ def read_image(flag, path, image_size):
 def compress_files(codec, given, out, batch_size, flag="--compress"):
     """Write one SUFFIX file per image in `given` (files, and folders: every image below them, in the same
     layout) below `out`; returns (files, total bytes, the prior's ideal bits, seconds)."""
-    inputs = codec_inputs(flag, given, lambda path: path.suffix.lower() in dataset.IMAGE_EXTENSIONS)
+    inputs = mirrored_inputs(flag, given, lambda path: path.suffix.lower() in dataset.IMAGE_EXTENSIONS)
     written, total, ideal = [], 0, 0.0
     progress = keras.utils.Progbar(len(inputs), unit_name="image")
     started = time.perf_counter()
@@ -225,7 +202,7 @@ def compress_files(codec, given, out, batch_size, flag="--compress"):
         bits, labels = prior_bits(codec.model, codec.metadata, images)
         ideal += float(bits.sum())
         for (_, name), data in zip(batch, codec.compress(images, labels)):
-            written.append(_output(out, name.with_suffix(SUFFIX)))
+            written.append(output_path(out, name.with_suffix(SUFFIX)))
             write_bytes(written[-1], data)
             total += len(data)
         progress.add(len(batch))
@@ -236,7 +213,7 @@ def decompress_files(codec, given, out, flag="--decompress"):
     """Write the PNG of each SUFFIX file in `given` (files, and folders: every one below them) below `out`;
     returns (PNG paths, seconds). A file that does not decode stops the run with one line naming it, and
     nothing is written for it."""
-    inputs = codec_inputs(flag, given, lambda path: path.suffix == SUFFIX)
+    inputs = mirrored_inputs(flag, given, lambda path: path.suffix == SUFFIX)
     written = []
     progress = keras.utils.Progbar(len(inputs), unit_name="file")
     started = time.perf_counter()
@@ -246,14 +223,8 @@ def decompress_files(codec, given, out, flag="--decompress"):
         except CodecError as error:
             fail(f"{flag} {path}: {error}")
         image = codec.model.decode(tf.constant(codes[None], tf.int32))[0]
-        written.append(_output(out, name.with_suffix(".png")))
+        written.append(output_path(out, name.with_suffix(".png")))
         write_bytes(written[-1], png_bytes(image))
         progress.add(1)
     return written, time.perf_counter() - started
 
-
-def _output(out, name):
-    """`out`/`name`, its folders made."""
-    path = Path(out) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path

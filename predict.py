@@ -8,8 +8,11 @@
     python predict.py --compress /data/ADNI/AD_NC/test --out coded    # one small .vqz file per image
     python predict.py --decompress coded --out decoded                # and back to PNGs
     python predict.py --reconstruct-volume scan.nii.gz --out recon.nii.gz   # a whole volume, slice by slice
+    python predict.py --denoise noisy/ --out clean       # every image below noisy/ freed of MRI (Rician) noise
+    python predict.py --denoise scan.nii.gz --out clean.nii.gz             # a volume, slice by slice
 
---out is the output folder in every mode except --reconstruct-volume, where it is the new .nii or .nii.gz file.
+--out is the output folder in every mode except --reconstruct-volume and --denoise of a volume, where it is
+the new .nii or .nii.gz file.
 A run writes its folder beside --out and, when it succeeds, replaces --out with it as a whole (a failed run
 leaves --out as it was); a second run on the same --out meanwhile is refused.
 --reconstruct and --evaluate split DATA as the model's training did, with the data settings its config.json
@@ -30,6 +33,7 @@ import keras
 import numpy as np
 
 import dataset
+import denoising
 import evaluation
 import figures
 import volumes
@@ -46,7 +50,7 @@ GRID_SIZE = 64  # the grid shows at most this many of the generated images
 MAX_SHOWN = 16  # --reconstruct shows at most this many test slices
 DEFAULT_OUT = "saved_models/predictions"
 MODES = {"reconstruct": "--reconstruct", "evaluate": "--evaluate", "curves": "--curves", "compress": "--compress",
-         "decompress": "--decompress", "reconstruct_volume": "--reconstruct-volume"}
+         "decompress": "--decompress", "reconstruct_volume": "--reconstruct-volume", "denoise": "--denoise"}
 # Flags that only some modes use: (flag, the modes that use it, its default there).
 MODE_FLAGS = {"n": ("--n", ("generate", "reconstruct"), 16),
               "label": ("--label", ("generate",), None),
@@ -57,7 +61,8 @@ MODE_FLAGS = {"n": ("--n", ("generate", "reconstruct"), 16),
               "texture": ("--texture", ("generate",), True),
               "split": ("--split", ("evaluate",), "test"),
               "metrics_out": ("--metrics-out", ("evaluate",), None),
-              "batch_size": ("--batch-size", ("generate", "compress", "reconstruct_volume"), 64)}
+              "noise_sigma": ("--noise-sigma", ("denoise",), None),
+              "batch_size": ("--batch-size", ("generate", "compress", "reconstruct_volume", "denoise"), 64)}
 # The values each numeric flag accepts. The export takes the seed, top-k and counts as int32 and the
 # temperature and top-p as float32, into which TensorFlow would wrap or round larger values without a word.
 VALUE_RANGES = {"n": integers(1, MAX_SAMPLES, expected=f"a number of images from 1 to {MAX_SAMPLES:,}"),
@@ -65,7 +70,9 @@ VALUE_RANGES = {"n": integers(1, MAX_SAMPLES, expected=f"a number of images from
                 "batch_size": integers(),
                 "temperature": numbers(0, FLOAT32_MAX, expected="a finite positive number"),
                 "top_k": integers(0, expected=f"0 (keep all codes) or a positive number up to {INT32_MAX:,}"),
-                "top_p": numbers(0, 1, expected="a probability above 0 and at most 1")}
+                "top_p": numbers(0, 1, expected="a probability above 0 and at most 1"),
+                "noise_sigma": numbers(0, FLOAT32_MAX, exclusive="",
+                                       expected="a finite noise level of 0 or more (a fraction of the intensity range)")}
 
 
 def build_parser():
@@ -90,20 +97,30 @@ def build_parser():
                        help="encode and decode every slice of a NIfTI or Analyze volume along the model's axis and "
                        "write the volume in the input's voxel grid to --out, with a figure of three orthogonal "
                        "views beside it")
+    modes.add_argument("--denoise", nargs="+", metavar="IMAGE_FOLDER_OR_VOLUME",
+                       help="free images of MRI (Rician) noise, each in its own size: image files, and folders "
+                       "(every image below them, written as PNGs in the same layout under --out); or one NIfTI or "
+                       "Analyze volume, denoised slice by slice along the model's axis into the new volume --out, "
+                       "with a figure of three orthogonal views beside it. Needs an export with a denoiser")
     parser.add_argument("--model", default="saved_models/vqvae", help="SavedModel folder (default: %(default)s)")
     parser.add_argument("--out", help=f"the output folder, replaced as a whole when the run succeeds (default: "
-                        f"{DEFAULT_OUT}); with --reconstruct-volume, the new .nii or .nii.gz file to write (required "
-                        "there)")
+                        f"{DEFAULT_OUT}); with --reconstruct-volume and --denoise of a volume, the new .nii or .nii.gz "
+                        "file to write (required there)")
     parser.add_argument("--n", type=int, help="generating: how many images to generate (default: 16); "
                         f"--reconstruct: how many test slices to show, at most {MAX_SHOWN} (default: 16)")
     parser.add_argument("--seed", type=int, default=0, help=f"seed of the sampler, 0 to {INT32_MAX:,} (default: "
                         "%(default)s); data splits always use the seed the model was trained with")
-    parser.add_argument("--batch-size", type=int, help="images generated, compressed or reconstructed at once; "
+    parser.add_argument("--batch-size", type=int, help="images generated, compressed, reconstructed or denoised "
+                        "at once; "
                         "memory does not grow with --n (default: 64)")
     _add_generation_flags(parser)
     scoring = parser.add_argument_group("--evaluate")
     scoring.add_argument("--split", choices=dataset.SPLITS, help="split to evaluate (default: test)")
     scoring.add_argument("--metrics-out", help="metrics JSON (default: OUT/evaluation_SPLIT.json)")
+    denoising_flags = parser.add_argument_group("--denoise")
+    denoising_flags.add_argument("--noise-sigma", type=float, help="the standard deviation of the noise, a "
+                                 "fraction of the intensity range, at the input's own resolution (default: "
+                                 "estimated per image, or per volume, from its background)")
     return parser
 
 
@@ -141,15 +158,18 @@ def parse_args(argv=None):
             parser.error(f"{flag} is for {' and '.join(named[mode] for mode in modes)} only, not {named[args.mode]}")
     if args.out is None and args.mode == "reconstruct_volume":
         parser.error("--reconstruct-volume needs --out, the new .nii or .nii.gz file to write")
+    if args.out is None and args.mode == "denoise" and any(map(volumes.is_volume, args.denoise)):
+        parser.error("--denoise of a volume needs --out, the new .nii or .nii.gz file to write")
     args.out = args.out or DEFAULT_OUT
     _check_values(parser, args)
     return args
 
 
 def _check_values(parser, args):
-    """Refuse, with parser.error, a numeric flag outside its VALUE_RANGES."""
+    """Refuse, with parser.error, a numeric flag outside its VALUE_RANGES (None: not given, the mode's
+    default)."""
     for name, accepts in VALUE_RANGES.items():
-        if getattr(args, name) not in accepts:
+        if getattr(args, name) is not None and getattr(args, name) not in accepts:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected {accepts.describe()}")
 
 
@@ -184,7 +204,8 @@ def read_paths(args):
     """(what, path) of each file and folder that the flags name for this run to read, and of the data that the
     model was trained on, which the next training run reads."""
     given = {"--model": [args.model], "--reconstruct": [args.reconstruct], "--evaluate": [args.evaluate],
-             "--curves": [args.curves], "--compress": args.compress or [], "--decompress": args.decompress or []}
+             "--curves": [args.curves], "--compress": args.compress or [], "--decompress": args.decompress or [],
+             "--denoise": args.denoise or []}
     named = [(flag, path) for flag, paths in given.items() for path in paths if path not in (None, "demo")]
     return named + [(f"--model {args.model}'s training data", path) for path in evaluation.training_data(args.model)]
 
@@ -203,12 +224,12 @@ def _is_evaluation(path):
         return False
 
 
-def check_volume_outputs(out, model):
+def check_volume_outputs(out, model, mode="--reconstruct-volume"):
     """(output volume path, figure path), or exit with one line if --out is not a new .nii/.nii.gz file in a
-    folder that is there, outside the data the model at `model` was trained on."""
+    folder that is there, outside the data the model at `model` was trained on. `mode` names the mode flag."""
     out = Path(out)
     if not out.name.endswith((".nii", ".nii.gz")):
-        fail(f"--out {out}: expected a .nii or .nii.gz file name for --reconstruct-volume")
+        fail(f"--out {out}: expected a .nii or .nii.gz file name for {mode}")
     figure = out.with_name(out.name.rsplit(".nii", 1)[0] + "_views.png")
     for path in (out, figure):
         if path.exists():
@@ -401,8 +422,60 @@ def run_reconstruct_volume(args):
     print(f"Views:  {figure_path}")
 
 
+def open_denoiser(args):
+    """The export at --model and its metadata; exits with one line if it has no denoiser."""
+    model, metadata = open_model(args.model)
+    if not metadata.get("has_denoiser"):
+        fail(f"--model {args.model}: this export has no denoiser; retrain it with this version of train.py")
+    return model, metadata
+
+
+def sigma_text(item):
+    """The noise level that --denoise used for one input, in words."""
+    return f"noise sigma {item.sigma:.4f} ({'estimated' if item.estimated else 'given'})"
+
+
+def run_denoise(args):
+    """Denoise the images, or the volume, of --denoise."""
+    is_volume = [volumes.is_volume(path) for path in args.denoise]
+    if any(is_volume) and len(is_volume) > 1:
+        fail(f"--denoise {' '.join(args.denoise)}: a volume is denoised on its own; give it in a separate run")
+    if any(is_volume):
+        return run_denoise_volume(args)
+    if args.out.endswith((".nii", ".nii.gz")):
+        fail(f"--out {args.out}: a volume's name; --denoise writes images to a folder")
+    with new_outputs(args) as folder:
+        model, metadata = open_denoiser(args)
+        done, seconds = denoising.denoise_files(model, metadata["image_size"], args.denoise, folder,
+                                                args.noise_sigma, args.batch_size)
+    for item in done:
+        print(f"{item.path}: {sigma_text(item)}")
+    print(f"Denoised {len(done)} images to {args.out}: {seconds:.3f} s per image")
+
+
+def run_denoise_volume(args):
+    """Denoise the volume of --denoise slice by slice along the model's axis into the new file --out."""
+    out, figure_path = check_volume_outputs(args.out, args.model, "--denoise of a volume")
+    model, metadata = open_denoiser(args)
+    axis = evaluation.recorded_config(args.model)["axis"]
+    try:
+        original, denoised, item, seconds, note = denoising.denoise_volume(
+            model, metadata["image_size"], args.denoise[0], axis, args.noise_sigma, args.batch_size)
+    except volumes.VolumeError as error:
+        fail(f"--denoise {error}")
+    if note:
+        print(note)
+    volumes.write_volume(out, denoised)
+    title = f"denoised ({axis} slices, noise sigma {item.sigma:.4f})"
+    save_figure(figures.volume_views_figure(original, denoised, title), figure_path, dpi=100)
+    print(f"{item.path}: {sigma_text(item)}; {seconds:.3f} s per {axis} slice")
+    print(f"Volume: {out}")
+    print(f"Views:  {figure_path}")
+
+
 RUNS = {"generate": run_generate, "reconstruct": run_reconstruct, "evaluate": run_evaluate, "curves": run_curves,
-        "compress": run_compress, "decompress": run_decompress, "reconstruct_volume": run_reconstruct_volume}
+        "compress": run_compress, "decompress": run_decompress, "reconstruct_volume": run_reconstruct_volume,
+        "denoise": run_denoise}
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
 """Brain volumes as 2D slices: NIfTI (.nii, .nii.gz) and Analyze 7.5 (.hdr/.img) scans read with nibabel,
 turned to the canonical RAS orientation, intensity-normalised per volume, and sliced along one axis; and the
-round trip of a whole volume through a model, slice by slice, back into the input's voxel grid.
+round trip of a whole volume through a model, slice by slice, back into the input's voxel grid (for
+--reconstruct-volume, and for --denoise by `denoising.denoise_volume`).
 
 RAS: the first voxel axis runs to the subject's Right, the second Anterior, the third Superior, whatever the
 scanner stored; so "axial" means the same slices for every file. A slice is shown as radiologists' software
@@ -177,19 +178,59 @@ class RoundTrip:
     note: str = None
 
 
+@dataclasses.dataclass
+class Scan:
+    """A volume file read for a round trip: the nibabel image as stored, its voxels float32 [X, Y, Z] in RAS,
+    the intensities (low, high) that `normalise` maps to 0 and 1, the normalised `volume`, and a note or None
+    (see read_ras)."""
+
+    image: nib.spatialimages.SpatialImage
+    ras: np.ndarray
+    low: float
+    high: float
+    volume: np.ndarray
+    note: str = None
+
+    def original(self):
+        """The voxels as read, as a NIfTI image in the input's voxel grid."""
+        return nib.Nifti1Image(to_stored_order(self.image, self.ras), self.image.affine)
+
+    def stored(self, volume):
+        """A RAS volume in [0, 1] like `self.volume` as a float32 NIfTI image in the input's voxel grid and
+        intensity range."""
+        in_range = volume * (self.high - self.low) + self.low
+        return nib.Nifti1Image(to_stored_order(self.image, in_range).astype(np.float32), self.image.affine)
+
+
+def read_scan(path):
+    """The `Scan` of the volume at `path`; raises VolumeError as read_volume does."""
+    image, ras, note = read_ras(path)
+    low, high = intensity_range(path, ras)
+    return Scan(image, ras, low, high, normalise(ras, low, high), note)
+
+
+def slice_stack(volume, axis):
+    """Every slice of `volume` along `axis`, oriented for display (`slice_image`): float32 [N, rows, columns, 1]."""
+    return np.stack([slice_image(volume, axis, k) for k in range(volume.shape[AXES[axis]])])[..., None]
+
+
+def unsquare(squares, side, rows, columns):
+    """`dataset.square_and_resize` undone: images [N, S, S, 1] resized (bilinear) to side x side and cropped
+    to the rows x columns in their middle, clipped to [0, 1]."""
+    squares = tf.image.resize(squares, (side, side), method="bilinear").numpy()
+    top, left = (side - rows) // 2, (side - columns) // 2
+    return np.clip(squares[:, top:top + rows, left:left + columns], 0.0, 1.0)
+
+
 def through_slices(volume, axis, size, transform):
     """(`volume` [X, Y, Z] in [0, 1] after each of its slices along `axis` went through `transform`, the model's
     inputs [N, size, size, 1]). Slices are squared and resized exactly as the training data was, and the
-    outputs resized back (bilinear) and cropped, so the result has the volume's shape."""
-    along = AXES[axis]
-    planes = np.stack([slice_image(volume, axis, k) for k in range(volume.shape[along])])
-    rows, columns = planes.shape[1:]
-    inputs, side = dataset.square_and_resize(tf.constant(planes[..., None]), size)
-    outputs = transform(inputs.numpy())
-    squares = tf.image.resize(outputs, (side, side), method="bilinear").numpy()[..., 0]
-    top, left = (int(side) - rows) // 2, (int(side) - columns) // 2
-    back = np.clip(squares[:, top:top + rows, left:left + columns], 0.0, 1.0)
-    return np.stack([plane_of(plane, axis) for plane in back], axis=along), inputs.numpy()
+    outputs resized back and cropped (`unsquare`), so the result has the volume's shape."""
+    planes = slice_stack(volume, axis)
+    rows, columns = planes.shape[1:3]
+    inputs, side = dataset.square_and_resize(tf.constant(planes), size)
+    back = unsquare(transform(inputs.numpy()), int(side), rows, columns)[..., 0]
+    return np.stack([plane_of(plane, axis) for plane in back], axis=AXES[axis]), inputs.numpy()
 
 
 def reconstruct_volume(path, axis, image_size, model, batch_size):
@@ -197,11 +238,9 @@ def reconstruct_volume(path, axis, image_size, model, batch_size):
     encode(images) -> codes and decode(codes) -> images), `batch_size` slices at a time; a `RoundTrip`.
     Raises VolumeError for a file that is not a usable volume (see read_volume), and for one whose slices are
     smaller than SSIM's window or hold no brain."""
-    image, ras, note = read_ras(path)
-    low, high = intensity_range(path, ras)
-    normalised = normalise(ras, low, high)
-    brain = _checked_brain_slices(path, normalised, axis)
-    batches = max(1, math.ceil(normalised.shape[AXES[axis]] / batch_size))
+    scan = read_scan(path)
+    brain = _checked_brain_slices(path, scan.volume, axis)
+    batches = max(1, math.ceil(scan.volume.shape[AXES[axis]] / batch_size))
     grids = []
 
     def encode_and_decode(images):
@@ -209,16 +248,13 @@ def reconstruct_volume(path, axis, image_size, model, batch_size):
         grids.extend(codes)
         return np.concatenate([model.decode(batch).numpy() for batch in codes])
 
-    reconstructed, inputs = through_slices(normalised, axis, image_size, encode_and_decode)
-    originals = np.stack([slice_image(normalised, axis, k) for k in brain])[..., None]
+    reconstructed, inputs = through_slices(scan.volume, axis, image_size, encode_and_decode)
+    originals = np.stack([slice_image(scan.volume, axis, k) for k in brain])[..., None]
     reconstructions = np.stack([slice_image(reconstructed, axis, k) for k in brain])[..., None]
-    in_range = reconstructed * (high - low) + low
-    return RoundTrip(original=nib.Nifti1Image(to_stored_order(image, ras), image.affine),
-                     reconstruction=nib.Nifti1Image(to_stored_order(image, in_range).astype(np.float32),
-                                                    image.affine),
+    return RoundTrip(original=scan.original(), reconstruction=scan.stored(reconstructed),
                      inputs=inputs, codes=np.concatenate(grids), brain_slices=len(brain),
                      ssim=float(np.mean(ssim(originals, reconstructions).numpy())),
-                     psnr=float(np.mean(psnr(originals, reconstructions).numpy())), note=note)
+                     psnr=float(np.mean(psnr(originals, reconstructions).numpy())), note=scan.note)
 
 
 def _checked_brain_slices(path, volume, axis):
