@@ -375,7 +375,8 @@ def decoded_split(split, image_size, skip_bad=False):
         return path, tf.image.convert_image_dtype(image, tf.uint8, saturate=True), label, side
 
     files = tf.data.Dataset.from_tensor_slices((
-        tf.constant([file for file, _, _ in usable], tf.string), tf.constant([label for _, label, _ in usable], tf.int32),
+        tf.constant([file for file, _, _ in usable], tf.string),
+        tf.constant([label for _, label, _ in usable], tf.int32),
         tf.constant([header.decoder for _, _, header in usable], tf.int32),
         tf.constant([65535 / largest if header.bit_depth == 16 else 1.0 for _, _, header in usable], tf.float32)))
     decoded = files.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

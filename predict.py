@@ -71,8 +71,8 @@ VALUE_RANGES = {"n": integers(1, MAX_SAMPLES, expected=f"a number of images from
                 "temperature": numbers(0, FLOAT32_MAX, expected="a finite positive number"),
                 "top_k": integers(0, expected=f"0 (keep all codes) or a positive number up to {INT32_MAX:,}"),
                 "top_p": numbers(0, 1, expected="a probability above 0 and at most 1"),
-                "noise_sigma": numbers(0, FLOAT32_MAX, exclusive="",
-                                       expected="a finite noise level of 0 or more (a fraction of the intensity range)")}
+                "noise_sigma": numbers(0, FLOAT32_MAX, exclusive="", expected="a finite noise level of 0 or more "
+                                       "(a fraction of the intensity range)")}
 
 
 def build_parser():

@@ -38,7 +38,7 @@ import settings
 from callbacks import PriorSamples, ReconstructionImages, StopOnSignal, TrainingClock
 from checkpoints import CheckpointState, EpochCheckpoints, ResumeError
 from figures import training_curves_figure
-from export import export_savedmodel
+from export import PRIOR_ENDPOINTS, export_savedmodel
 from metrics import evaluate_reconstructions, psnr_text
 from modules import VQVAETrainer
 from prior import GatedPixelCNN, bits_per_code
@@ -486,15 +486,12 @@ def report(run, metrics):
               f"(uniform: {metrics['prior_uniform_bits_per_code']:.0f}); trained "
               f"{metrics['prior_train_seconds'] / 60:.1f} min")
     out = run.out
-    endpoints = "encode, decode, reconstruct, texture, denoise, noise_sigma" + (
-        ", sample, prior_logits, log_prob, prior_start, prior_step" if "prior_validation_bits_per_code" in metrics
-        else "")
+    prior_endpoints = list(PRIOR_ENDPOINTS) if "prior_validation_bits_per_code" in metrics else []
+    endpoints = ", ".join(["encode, decode, reconstruct, texture, denoise, noise_sigma", *prior_endpoints])
     print(f"SavedModel:  {out}  (tf.saved_model.load; {endpoints})")
     prior = f", {out / 'prior.keras'}" if (out / "prior.keras").exists() else ""
     print(f"Keras:       {out / 'model.keras'}{prior}")
-    print(f"Config:      {out / 'config.json'}")
-    print(f"Metrics:     {out / 'metrics.json'}")
-    print(f"Curves:      {out / 'training_curves.png'}")
+    print(f"Run record:  {out / 'config.json'}, {out / 'metrics.json'}, {out / 'training_curves.png'}")
     print(f"Checkpoints: {run.checkpoints}/  (--resume continues from the latest epoch)")
     print(f"TensorBoard: tensorboard --logdir {shlex.quote(str(run.logdir))}")
 
