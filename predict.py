@@ -154,8 +154,9 @@ def parse_args(argv=None):
         if getattr(args, name) is None:
             setattr(args, name, default)
         elif args.mode not in modes:
-            named = {**MODES, "generate": "generating"}
-            parser.error(f"{flag} is for {' and '.join(named[mode] for mode in modes)} only, not {named[args.mode]}")
+            named = [{**MODES, "generate": "generating"}[mode] for mode in (*modes, args.mode)]
+            users = " and ".join(filter(None, [", ".join(named[:-2]), named[-2]]))
+            parser.error(f"{flag} is for {users} only, not {named[-1]}")
     if args.out is None and args.mode == "reconstruct_volume":
         parser.error("--reconstruct-volume needs --out, the new .nii or .nii.gz file to write")
     if args.out is None and args.mode == "denoise" and any(map(volumes.is_volume, args.denoise)):
