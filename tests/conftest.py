@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 
 import keras
+import nibabel as nib
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -122,3 +123,22 @@ def png_claiming(path, width, height):
     raw[16:24] = struct.pack(">II", width, height)
     raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
     path.write_bytes(bytes(raw))
+
+
+def head(rng, shape=(24, 28, 20)):
+    """A synthetic head in RAS: a bright ellipsoid with a darker core, Rician-like noise, empty top slices."""
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    radius = (x / 0.8) ** 2 + (y / 0.85) ** 2 + ((z + 0.2) / 0.7) ** 2
+    volume = np.where(radius < 1, 600.0, 0.0) - np.where(radius < 0.2, 300.0, 0.0)
+    return (volume + np.abs(rng.normal(0, 15, shape))).astype(np.float32)
+
+
+def write_pir_head(path):
+    """A synthetic head of 30x34x26 voxels of 1.5x1.5x2 mm, stored in PIR orientation (not RAS), saved at
+    `path`; returns the nibabel image."""
+    transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                                nib.orientations.axcodes2ornt("PIR"))
+    source = nib.Nifti1Image(head(np.random.default_rng(0), (30, 34, 26)), np.diag([1.5, 1.5, 2.0, 1.0]))
+    source = source.as_reoriented(transform)
+    nib.save(source, path)
+    return source

@@ -15,8 +15,7 @@ import denoiser
 import denoising
 import noise
 import predict
-from conftest import call_main, fake_slice
-from test_volumes import head
+from conftest import call_main, fake_slice, head, write_pir_head
 
 
 def noisy_png(path, width, height, sigma, seed):
@@ -74,11 +73,7 @@ def test_images_and_folders_keep_their_size_and_layout(trained, tmp_path, capsys
 
 
 def test_a_volume_keeps_its_shape_and_affine(trained, tmp_path, capsys):
-    transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
-                                                nib.orientations.axcodes2ornt("PIR"))
-    source = nib.Nifti1Image(head(np.random.default_rng(0), (30, 34, 26)), np.diag([1.5, 1.5, 2.0, 1.0]))
-    source = source.as_reoriented(transform)
-    nib.save(source, tmp_path / "scan.nii.gz")
+    source = write_pir_head(tmp_path / "scan.nii.gz")
     out = tmp_path / "clean.nii.gz"
     result = call_main(predict.main, ["--model", str(trained[0]), "--denoise", str(tmp_path / "scan.nii.gz"),
                                       "--out", str(out)], capsys)

@@ -17,7 +17,7 @@ import evaluation
 import predict
 import train
 import volumes
-from conftest import call_main
+from conftest import call_main, head, write_pir_head
 
 SHAPE = (6, 7, 8)  # RAS: x to the right, y to the front, z up
 MARKER = (1, 2, 5)
@@ -147,14 +147,6 @@ def test_each_bad_volume_gives_an_error_naming_the_file(tmp_path):
         assert str(error.value).startswith(str(tmp_path / name)) and "\n" not in str(error.value)
 
 
-def head(rng, shape=(24, 28, 20)):
-    """A synthetic head in RAS: a bright ellipsoid with a darker core, Rician-like noise, empty top slices."""
-    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
-    radius = (x / 0.8) ** 2 + (y / 0.85) ** 2 + ((z + 0.2) / 0.7) ** 2
-    volume = np.where(radius < 1, 600.0, 0.0) - np.where(radius < 0.2, 300.0, 0.0)
-    return (volume + np.abs(rng.normal(0, 15, shape))).astype(np.float32)
-
-
 def write_cohort(root, subjects=4):
     """AD/ and NC/ folders of BIDS-named subjects with two sessions each, in NIfTI, gzipped NIfTI and
     Analyze, stored in an oblique-free non-RAS orientation."""
@@ -252,11 +244,7 @@ def test_train_stops_with_one_line_on_a_damaged_volume_and_writes_nothing(tmp_pa
 
 def test_a_volume_is_reconstructed_into_its_own_voxel_grid(trained, tmp_path, capsys):
     """The input's shape, affine and orientation, a summary line and a figure of three views."""
-    transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
-                                                nib.orientations.axcodes2ornt("PIR"))
-    source = nib.Nifti1Image(head(np.random.default_rng(0), (30, 34, 26)), np.diag([1.5, 1.5, 2.0, 1.0]))
-    source = source.as_reoriented(transform)
-    nib.save(source, tmp_path / "scan.nii.gz")
+    source = write_pir_head(tmp_path / "scan.nii.gz")
     out = tmp_path / "recon.nii.gz"
     result = call_main(predict.main, ["--model", str(trained[0]), "--reconstruct-volume", str(tmp_path / "scan.nii.gz"),
                                       "--out", str(out)], capsys)
