@@ -83,23 +83,31 @@ class ReconstructionImages(keras.callbacks.Callback):
 
 class PriorSamples(keras.callbacks.Callback):
     """Write images decoded from codes sampled from the prior, with the decoder's texture as predict.py adds
-    it, to TensorBoard every `every` epochs."""
+    it, to TensorBoard every `every` epochs. The bottom prior of a hierarchy draws given codes of `top_prior`."""
 
-    def __init__(self, vqvae, texture, labels, logdir, every):
+    def __init__(self, vqvae, texture, labels, logdir, every, top_prior=None):
         super().__init__()
         self.vqvae = vqvae
         self.texture = texture
         self.labels = labels
         self.every = every
+        self.top_prior = top_prior
         self.writer = tf.summary.create_file_writer(str(Path(logdir) / "validation"))
 
     def on_train_begin(self, logs=None):
-        self.sample = tf.function(lambda seed: self.model.sample(len(self.labels), self.labels, seed=seed))
+        self.sample = tf.function(self._levels)
+
+    def _levels(self, seed):
+        n = len(self.labels)
+        if self.top_prior is None:
+            return (self.model.sample(n, self.labels, seed=seed),)
+        top = self.top_prior.sample(n, self.labels, seed=seed)
+        return top, self.model.sample(n, self.labels, seed=-1 - seed, top=top)
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every and epoch + 1 != self.params["epochs"]:
             return
-        images = self.texture(self.vqvae.decode(self.sample(tf.constant(epoch))), seed=epoch)
+        images = self.texture(self.vqvae.decode_levels(*self.sample(tf.constant(epoch))), seed=epoch)
         with self.writer.as_default():
             tf.summary.image("samples", images, step=epoch, max_outputs=len(self.labels))
         self.writer.flush()

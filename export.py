@@ -1,15 +1,17 @@
 """The SavedModel contract: what train.py exports, and what any TensorFlow code can load without this project.
 
 Images are float32 [N, S, S, 1] in [0, 1]; codes int32 [N, G, G]; labels int32 [N], class indices into
-class_names. Each endpoint has one signature and every argument is required: counts, seeds, top_k, positions
-and labels are int32 scalars, temperature and top_p float32 scalars, keep_background a bool scalar.
+class_names. A hierarchical model (metadata top_grid T > 0) also has top codes, int32 [N, T, T]. Each endpoint
+has one signature and every argument is required: counts, seeds, top_k, positions and labels are int32 scalars,
+temperature and top_p float32 scalars, keep_background a bool scalar.
 
 Always:
-    encode(images) -> codes
-    decode(codes) -> images
+    encode(images) -> codes (of a hierarchical model: its bottom level)
+    decode(codes[, top_codes]) -> images
     reconstruct(images) -> images
-    metadata() -> a JSON string: image_size, grid, num_codes, class_names, class_counts (the training images
-        of each class), has_prior, has_texture, has_denoiser
+    metadata() -> a JSON string: image_size, grid, top_grid (0: one level), num_codes, class_names,
+        class_counts (the training images of each class), has_prior, has_texture, has_denoiser
+    encode_top(images) -> top_codes; hierarchical models only
     texture(images, seed) -> the images plus one draw of the residual texture that the codes do not carry
         (`texture.DecoderTexture`), for generated slices; where has_texture
     denoise(images, sigma) -> the images freed of Rician noise of standard deviation sigma [N] (float32, a
@@ -21,15 +23,20 @@ With a prior (has_prior):
     sample(n, temperature, seed, top_k, top_p, keep_background) -> images. top_k 0 and top_p 1 keep every
         code; keep_background True makes temperature, top_k and top_p reshape only the codes that are not
         those of an empty image, which keep the prior's probability (`prior.filter_logits`). A conditional
-        prior draws each image's class in proportion to class_counts.
+        prior draws each image's class in proportion to class_counts. A hierarchy draws its top codes, then
+        its bottom codes given them, with the same controls.
     sample_class(n, label, temperature, seed, top_k, top_p, keep_background) -> images of one class
         (conditional priors only)
-    prior_logits(codes[, labels]) -> logits [N, G, G, K]
-    log_prob(images[, labels]) -> [N], the natural-log likelihood of the images' codes under the prior
-    prior_start(n[, labels]) -> state
+    log_prob(images[, labels]) -> [N], the natural-log likelihood of the images' codes under the prior (of a
+        hierarchy: of both levels' codes)
+    prior_logits(codes[, top_codes][, labels]) -> logits [N, G, G, K]
+    prior_start(n[, top_codes][, labels]) -> state
     prior_step(state, position, previous) -> the next state with "logits" [N, K] added: the prior one position
         at a time in raster order (previous: the codes at position - 1), which the codec runs
-`[, labels]`: an input of conditional priors only, and required there.
+    top_prior_logits(top_codes[, labels]), top_prior_start(n[, labels]), top_prior_step(state, position,
+        previous): the same for the top level of a hierarchy, whose bottom level the prior_... endpoints are
+`[, labels]`: an input of conditional priors only, and required there; `[, top_codes]`: of hierarchical
+models only, and required there.
 
 Every endpoint checks its inputs before any work and raises tf.errors.InvalidArgumentError, its message
 naming the argument and what it expects, instead of wrapping, clamping or drawing from nonsense: images with
@@ -47,11 +54,12 @@ import numpy as np
 import tensorflow as tf
 
 import noise
+from hierarchy import HierarchicalPrior
 from utils import first_line
 
 REQUIRED_ENDPOINTS = ("encode", "decode", "reconstruct", "metadata")
 PRIOR_ENDPOINTS = ("sample", "prior_logits", "log_prob", "prior_start", "prior_step")
-METADATA_KEYS = ("image_size", "grid", "num_codes", "class_names", "class_counts", "has_prior", "has_texture",
+METADATA_KEYS = ("image_size", "grid", "top_grid", "num_codes", "class_names", "class_counts", "has_prior", "has_texture",
                  "has_denoiser")
 SCALARS = {"n": tf.int32, "label": tf.int32, "temperature": tf.float32, "seed": tf.int32, "top_k": tf.int32,
            "top_p": tf.float32, "keep_background": tf.bool, "position": tf.int32}
@@ -65,8 +73,10 @@ def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_count
     from keras.export import ExportArchive
 
     grid = image_size // vqvae.downsampling_factor
+    top_grid = grid // vqvae.top_factor
     specs = {"images": tf.TensorSpec([None, image_size, image_size, 1], tf.float32, name="images"),
              "codes": tf.TensorSpec([None, grid, grid], tf.int32, name="codes"),
+             "top_codes": tf.TensorSpec([None, top_grid, top_grid], tf.int32, name="top_codes"),
              **{name: tf.TensorSpec([], dtype, name=name) for name, dtype in SCALARS.items()}}
     metadata_json = json.dumps(metadata, sort_keys=True)
     archive = ExportArchive()
@@ -74,8 +84,16 @@ def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_count
     num_codes = vqvae.quantizer.num_codes
     archive.add_endpoint("encode", lambda images: vqvae.encode(checked_images(images)),
                          input_signature=[specs["images"]])
-    archive.add_endpoint("decode", lambda codes: vqvae.decode(checked_codes(codes, num_codes)),
-                         input_signature=[specs["codes"]])
+    if vqvae.hierarchical:
+        top_codes = vqvae.top_quantizer.num_codes
+        archive.add_endpoint("encode_top", lambda images: vqvae.encode_levels(checked_images(images))[0],
+                             input_signature=[specs["images"]])
+        archive.add_endpoint("decode", lambda codes, top: vqvae.decode_levels(
+            checked_codes(top, top_codes, "top_codes"), checked_codes(codes, num_codes)),
+                             input_signature=[specs["codes"], specs["top_codes"]])
+    else:
+        archive.add_endpoint("decode", lambda codes: vqvae.decode(checked_codes(codes, num_codes)),
+                             input_signature=[specs["codes"]])
     archive.add_endpoint("reconstruct", lambda images: vqvae.reconstruct(checked_images(images)),
                          input_signature=[specs["images"]])
     archive.add_endpoint("metadata", lambda: tf.constant(metadata_json), input_signature=[])
@@ -93,10 +111,10 @@ def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_count
 
 
 def background_codes(vqvae, image_size):
-    """bool [K]: the codes that `vqvae` gives an empty (all-zero) image, the background of skull-stripped
-    slices (a few: the image's border changes them)."""
-    codes = vqvae.encode(tf.zeros((1, image_size, image_size, 1))).numpy()
-    return np.isin(np.arange(vqvae.quantizer.num_codes), codes)
+    """bool [K] of each level (top first): the codes that `vqvae` gives an empty (all-zero) image, the
+    background of skull-stripped slices (a few: the image's border changes them)."""
+    levels = vqvae.encode_levels(tf.zeros((1, image_size, image_size, 1)))
+    return tuple(np.isin(np.arange(vqvae.quantizer.num_codes), codes.numpy()) for codes in levels)
 
 
 def _add_denoising_endpoints(archive, vqvae, denoiser, images_spec):
@@ -122,8 +140,10 @@ def _add_sampling_endpoints(archive, vqvae, prior, specs, class_counts, backgrou
     sample_codes = tf.function(prior.sample, autograph=True, jit_compile=True)
 
     def decoded_sample(n, labels, temperature, seed, top_k, top_p, keep_background):
-        marked = tf.logical_and(tf.constant(background), keep_background)
-        return vqvae.decode(sample_codes(n, labels, temperature, seed, top_k=top_k, top_p=top_p, background=marked))
+        marked = tuple(tf.logical_and(tf.constant(codes), keep_background) for codes in background)
+        levels = sample_codes(n, labels, temperature, seed, top_k=top_k, top_p=top_p,
+                              background=marked if vqvae.hierarchical else marked[0])
+        return vqvae.decode_levels(*(levels if vqvae.hierarchical else (levels,)))
 
     def sample(n, temperature, seed, top_k, top_p, keep_background):
         n, temperature, top_k, top_p = checked_sampling(n, temperature, top_k, top_p, prior.num_codes)
@@ -145,25 +165,46 @@ def _add_sampling_endpoints(archive, vqvae, prior, specs, class_counts, backgrou
 
 
 def _add_scoring_endpoints(archive, vqvae, prior, specs):
-    """prior_logits, log_prob, prior_start and prior_step, with a labels input where the prior is conditional."""
+    """log_prob, and prior_logits, prior_start and prior_step of each level (top_prior_... for the top level
+    of a hierarchy), with a labels input where the prior is conditional."""
     with_labels = [tf.TensorSpec([None], tf.int32, name="labels")] if prior.num_classes else []
-    num_codes, num_classes, positions = prior.num_codes, prior.num_classes, prior.grid_size ** 2
-
-    def prior_logits(codes, labels=None):
-        codes = checked_codes(codes, num_codes)
-        return prior.logits(codes, checked_labels(labels, num_classes, tf.shape(codes)[0]))
+    num_classes = prior.num_classes
 
     def log_prob(images, labels=None):
         images = checked_images(images)
-        return prior.log_prob(vqvae.encode(images), checked_labels(labels, num_classes, tf.shape(images)[0]))
+        return prior.log_prob(*vqvae.encode_levels(images), checked_labels(labels, num_classes, tf.shape(images)[0]))
 
-    def prior_start(n, labels=None):
-        n = _passed(n, [_positive_count(n)])
-        return prior.initial_state(n, checked_labels(labels, num_classes, n))
-
-    archive.add_endpoint("prior_logits", prior_logits, input_signature=[specs["codes"], *with_labels])
     archive.add_endpoint("log_prob", log_prob, input_signature=[specs["images"], *with_labels])
-    archive.add_endpoint("prior_start", prior_start, input_signature=[specs["n"], *with_labels])
+    if isinstance(prior, HierarchicalPrior):
+        _add_level_endpoints(archive, prior.top, "top_prior", specs["top_codes"], with_labels)
+        _add_level_endpoints(archive, prior.bottom, "prior", specs["codes"], with_labels, specs["top_codes"])
+    else:
+        _add_level_endpoints(archive, prior, "prior", specs["codes"], with_labels)
+
+
+def _add_level_endpoints(archive, prior, prefix, codes_spec, with_labels, top_spec=None):
+    """PREFIX_logits(codes[, top_codes][, labels]), PREFIX_start(n[, top_codes][, labels]) and PREFIX_step of
+    one level's gated PixelCNN; top codes for the bottom prior of a hierarchy."""
+    num_codes, num_classes, positions = prior.num_codes, prior.num_classes, prior.grid_size ** 2
+    with_top = [top_spec] if top_spec is not None else []
+
+    def extras(args, count):
+        """(labels, top codes) of the optional inputs `args`, checked."""
+        top = checked_codes(args[0], prior.condition_codes, "top_codes") if with_top else None
+        labels = checked_labels(args[-1], num_classes, count) if with_labels else None
+        return labels, top
+
+    def logits(codes, *args):
+        codes = checked_codes(codes, num_codes)
+        return prior.logits(codes, *extras(args, tf.shape(codes)[0]))
+
+    def start(n, *args):
+        n = _passed(n, [_positive_count(n)])
+        return prior.initial_state(n, *extras(args, n))
+
+    archive.add_endpoint(f"{prefix}_logits", logits, input_signature=[codes_spec, *with_top, *with_labels])
+    archive.add_endpoint(f"{prefix}_start", start, input_signature=[tf.TensorSpec([], tf.int32, name="n"),
+                                                                   *with_top, *with_labels])
     # Compiled alone, so that every caller (the codec's encoder and decoder alike) runs the same arithmetic.
     step = tf.function(prior.step, jit_compile=True)
 
@@ -175,8 +216,8 @@ def _add_scoring_endpoints(archive, vqvae, prior, specs):
         state, logits = step(state, position, previous)
         return {**state, "logits": logits}  # flat: a signature's outputs cannot nest
 
-    archive.add_endpoint("prior_step", prior_step,
-                         input_signature=[prior_state_spec(prior), specs["position"],
+    archive.add_endpoint(f"{prefix}_step", prior_step,
+                         input_signature=[prior_state_spec(prior), tf.TensorSpec([], tf.int32, name="position"),
                                           tf.TensorSpec([None], tf.int32, name="previous")])
 
 
@@ -245,7 +286,8 @@ def checked_sampling(n, temperature, top_k, top_p, num_codes):
 
 def prior_state_spec(prior):
     """The TensorSpecs of `prior.initial_state(n)` for any batch size n."""
-    traced = tf.function(prior.initial_state).get_concrete_function(tf.TensorSpec([], tf.int32))
+    top = tf.TensorSpec([None, prior.condition_grid, prior.condition_grid], tf.int32) if prior.conditioned else None
+    traced = tf.function(prior.initial_state).get_concrete_function(tf.TensorSpec([], tf.int32), None, top)
     return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), traced.structured_outputs)
 
 

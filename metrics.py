@@ -43,15 +43,15 @@ def perplexity(counts):
 def evaluate_reconstructions(model, dataset, num_codes, log_prob=None):
     """Reconstruct every image of a batched (images, labels) dataset through the codebook.
 
-    `model` is a VQVAETrainer or the exported SavedModel (anything with encode and decode); `log_prob`, if
+    `model` is a VQVAETrainer or the exported SavedModel (anything with encode and reconstruct); `log_prob`, if
     given, maps (images, labels) to each image's log-likelihood under the prior. Returns (summary dict,
     per-image dict of numpy arrays, code counts). MS-SSIM (5 scales) needs images of at least 161 pixels.
     """
     per_image = {"ssim": [], "psnr": [], "mse": [], "ms_ssim": [], "bits_per_code": []}
     counts = np.zeros(num_codes, np.int64)
     for images, labels in dataset:
-        codes = model.encode(images)
-        reconstructions = model.decode(codes)
+        codes = model.encode(images)  # the bottom level's, of a hierarchical model
+        reconstructions = model.reconstruct(images)
         per_image["ssim"].append(ssim(images, reconstructions).numpy())
         per_image["psnr"].append(psnr(images, reconstructions).numpy())
         per_image["mse"].append(tf.reduce_mean((images - reconstructions) ** 2, axis=[1, 2, 3]).numpy())

@@ -222,9 +222,35 @@ def build_encoder(code_dim=32, channels=64, downsamplings=2, res_blocks=2, name=
     return keras.Model(images, vectors, name=name)
 
 
-def build_decoder(code_dim=32, channels=64, downsamplings=2, res_blocks=2, name="decoder"):
-    """Quantised vectors -> image: residual blocks, then strided transposed convs; linear output."""
-    vectors = keras.Input((None, None, code_dim), name="quantized")
+def build_top_encoder(code_dim=32, channels=64, top_downsamplings=1, res_blocks=2, name="top_encoder"):
+    """The bottom level's vectors [N, G, G, code_dim] -> the top level's [N, G/2^t, G/2^t, code_dim]."""
+    vectors = keras.Input((None, None, code_dim), name="bottom_vectors")
+    x = vectors
+    for level in range(1, top_downsamplings + 1):
+        x = layers.Conv2D(channels, 4, strides=2, padding="same", activation="relu", name=f"down{level}")(x)
+    x = layers.Conv2D(channels, 3, padding="same", name="conv_in")(x)
+    for block in range(res_blocks):
+        x = _residual_block(x, channels, channels // 2, name=f"res{block + 1}")
+    x = layers.ReLU(name="relu_out")(x)
+    return keras.Model(vectors, layers.Conv2D(code_dim, 1, name="to_codes")(x), name=name)
+
+
+def build_top_decoder(code_dim=32, channels=64, top_downsamplings=1, res_blocks=2, name="top_decoder"):
+    """The top level's quantised vectors -> what they say at the bottom grid: [N, G, G, code_dim]."""
+    vectors = keras.Input((None, None, code_dim), name="top_quantized")
+    x = layers.Conv2D(channels, 3, padding="same", name="conv_in")(vectors)
+    for block in range(res_blocks):
+        x = _residual_block(x, channels, channels // 2, name=f"res{block + 1}")
+    x = layers.ReLU(name="relu_mid")(x)
+    for level in range(top_downsamplings, 0, -1):
+        x = layers.Conv2DTranspose(channels, 4, strides=2, padding="same", activation="relu", name=f"up{level}")(x)
+    return keras.Model(vectors, layers.Conv2D(code_dim, 1, name="to_bottom")(x), name=name)
+
+
+def build_decoder(code_dim=32, channels=64, downsamplings=2, res_blocks=2, name="decoder", input_dim=None):
+    """Quantised vectors (`input_dim` channels, default code_dim) -> image: residual blocks, then strided
+    transposed convs; linear output."""
+    vectors = keras.Input((None, None, input_dim or code_dim), name="quantized")
     x = layers.Conv2D(channels, 3, padding="same", name="conv_in")(vectors)
     for block in range(res_blocks):
         x = _residual_block(x, channels, channels // 2, name=f"res{block + 1}")
@@ -254,21 +280,46 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
     """
 
     def __init__(self, num_codes=256, code_dim=32, channels=64, downsamplings=2, res_blocks=2, beta=0.25,
-                 ema_decay=0.99, dead_code_steps=20, ssim_weight=0.05, train_noise=0.0, seed=None, **kwargs):
+                 ema_decay=0.99, dead_code_steps=20, ssim_weight=0.05, train_noise=0.0, top_downsamplings=0,
+                 seed=None, **kwargs):
         super().__init__(**kwargs)
-        shape = dict(code_dim=code_dim, channels=channels, downsamplings=downsamplings, res_blocks=res_blocks)
-        self.keep(**shape, ssim_weight=ssim_weight, train_noise=train_noise)
+        shape = dict(code_dim=code_dim, channels=channels, res_blocks=res_blocks)
+        self.keep(**shape, downsamplings=downsamplings, ssim_weight=ssim_weight, train_noise=train_noise,
+                  top_downsamplings=top_downsamplings)
         # Keras 3 averages a multi-worker run's logs over a batch axis that scalars lack (keras-team/keras#20585);
         # the code that sets up such a run turns this on.
         self.logs_with_batch_axis = False
-        self.encoder = build_encoder(**shape)
-        self.decoder = build_decoder(**shape)
+        self.encoder = build_encoder(**shape, downsamplings=downsamplings)
+        self.decoder = build_decoder(**shape, downsamplings=downsamplings,
+                                     input_dim=code_dim * (2 if top_downsamplings else 1))
         self.quantizer = VectorQuantizer(num_codes, code_dim, beta=beta, ema_decay=ema_decay,
                                          dead_code_steps=dead_code_steps, seed=seed, name="vector_quantizer")
         self.quantizer.build((None, code_dim))
+        if top_downsamplings:
+            # VQ-VAE-2 (Razavi et al. 2019): a coarse top grid, decoded to the bottom grid, which the bottom
+            # quantiser's input and the decoder both see, so the bottom codes only add what the top lacks.
+            self.top_encoder = build_top_encoder(**shape, top_downsamplings=top_downsamplings)
+            self.top_decoder = build_top_decoder(**shape, top_downsamplings=top_downsamplings)
+            self.top_quantizer = VectorQuantizer(num_codes, code_dim, beta=beta, ema_decay=ema_decay,
+                                                 dead_code_steps=dead_code_steps, seed=self.quantizer.seed + 1,
+                                                 name="top_vector_quantizer")
+            self.top_quantizer.build((None, code_dim))
+            self.bottom_mixer = layers.Conv2D(code_dim, 1, name="bottom_mixer")
+            self.bottom_mixer.build((None, None, None, 2 * code_dim))
         names = ["loss", "reconstruction_loss", "vq_loss", "mse", "ssim", "psnr", "perplexity", "codes_used"]
+        names += ["top_perplexity"] if top_downsamplings else []
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
-        self.built = True  # all state exists: the encoder and decoder are functional, the quantizer is built
+        self.built = True  # all state exists: the encoder and decoder are functional, the quantizers are built
+
+    @property
+    def hierarchical(self):
+        """Whether the model has a top level of codes above the bottom grid."""
+        return bool(self.top_downsamplings)
+
+    @property
+    def top_factor(self):
+        """How many bottom codes one top code spans along each side (1 without a top level)."""
+        return 2 ** self.top_downsamplings
 
     @property
     def downsampling_factor(self):
@@ -279,18 +330,45 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
+    def quantize_images(self, inputs, training=False):
+        """(the decoder's input, the code indices of each level, the VQ loss) of images `inputs`; the levels are
+        (bottom,) or, with a top level, (top, bottom)."""
+        vectors = self.encoder(inputs, training=training)
+        if not self.hierarchical:
+            quantized, indices, loss = self.quantizer.quantize_vectors(vectors, training=training)
+            return quantized, (indices,), loss
+        top, top_indices, top_loss = self.top_quantizer.quantize_vectors(
+            self.top_encoder(vectors, training=training), training=training)
+        context = self.top_decoder(top, training=training)
+        mixed = self.bottom_mixer(ops.concatenate([vectors, ops.cast(context, vectors.dtype)], axis=-1))
+        quantized, indices, loss = self.quantizer.quantize_vectors(mixed, training=training)
+        return ops.concatenate([ops.cast(quantized, context.dtype), context], axis=-1), (top_indices, indices), \
+            loss + top_loss
+
     def call(self, images, training=False):
-        quantized, _ = self.quantizer(self.encoder(images, training=training), training=training)
+        quantized, _, loss = self.quantize_images(images, training=training)
+        self.add_loss(loss)
         return self.decoder(quantized, training=training)
 
     def encode(self, images):
-        """Images [N, S, S, 1] -> int32 code indices [N, S/f, S/f]."""
-        _, indices = self.quantizer(self.encoder(images))
-        return indices
+        """Images [N, S, S, 1] -> int32 code indices [N, S/f, S/f] (a one-level model)."""
+        return self.encode_levels(images)[-1]
+
+    def encode_levels(self, images):
+        """Images -> the int32 code indices of each level: (bottom,) or (top [N, G/t, G/t], bottom [N, G, G])."""
+        return self.quantize_images(images)[1]
 
     def decode(self, indices):
-        """Int32 code indices [N, h, w] -> images [N, h*f, w*f, 1] clipped to [0, 1]."""
-        return ops.clip(self.decoder(self.quantizer.lookup(indices)), 0.0, 1.0)
+        """Int32 code indices [N, h, w] -> images [N, h*f, w*f, 1] clipped to [0, 1] (a one-level model)."""
+        return self.decode_levels(indices)
+
+    def decode_levels(self, *levels):
+        """The code indices of each level, as `encode_levels` gives them -> images clipped to [0, 1]."""
+        quantized = self.quantizer.lookup(levels[-1])
+        if self.hierarchical:
+            context = self.top_decoder(self.top_quantizer.lookup(levels[0]))
+            quantized = ops.concatenate([quantized, context], axis=-1)
+        return ops.clip(self.decoder(quantized), 0.0, 1.0)
 
     def reconstruct(self, images):
         """Images -> their reconstructions through the codebook, clipped to [0, 1]."""
@@ -316,10 +394,10 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
         return tf.clip_by_value(noise.rician_noise(images, sigma, noise_seed), 0.0, 1.0)
 
     def _forward(self, images, training, inputs=None):
-        """(clipped reconstructions, code indices, losses) of a batch whose encoder sees `inputs` (default:
-        the images themselves); the losses compare with `images` and are a dict whose "loss" is their total."""
-        vectors = self.encoder(images if inputs is None else inputs, training=training)
-        quantized, indices, vq_loss = self.quantizer.quantize_vectors(vectors, training=training)
+        """(clipped reconstructions, code indices of each level, losses) of a batch whose encoder sees `inputs`
+        (default: the images themselves); the losses compare with `images` and are a dict whose "loss" is their
+        total."""
+        quantized, indices, vq_loss = self.quantize_images(images if inputs is None else inputs, training=training)
         outputs = ops.cast(self.decoder(quantized, training=training), "float32")
         reconstructions = ops.clip(outputs, 0.0, 1.0)
         losses = dict(mse=ops.mean((outputs - images) ** 2), ssim=mean_ssim(images, reconstructions), vq_loss=vq_loss)
@@ -330,9 +408,11 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
         return reconstructions, indices, losses
 
     def _update_metrics(self, images, reconstructions, indices, losses):
-        perplexity, codes_used = self.quantizer.code_usage(indices)
+        perplexity, codes_used = self.quantizer.code_usage(indices[-1])
         values = dict(**losses, psnr=ops.mean(psnr(images, reconstructions)), perplexity=perplexity,
                       codes_used=codes_used)
+        if self.hierarchical:
+            values["top_perplexity"] = self.top_quantizer.code_usage(indices[0])[0]
         for name, value in values.items():
             self.trackers[name].update_state(value)
         results = {name: tracker.result() for name, tracker in self.trackers.items()}

@@ -134,6 +134,9 @@ SETTINGS = (
     _setting("downsamplings", "model", (VQVAE,), (VQVAE, "downsamplings"),
              integers(1, MAX_IMAGE_SIZE.bit_length() - 1), type=int, default=2,
              help="stride-2 steps; the code grid is S/2^d a side (default: %(default)s)"),
+    _setting("top_downsamplings", "model", (VQVAE,), (VQVAE, "top_downsamplings"), integers(0, 8), type=int,
+             default=0, help="stride-2 steps from the code grid to a coarser top grid of codes (a hierarchical "
+             "VQ-VAE-2), where the prior draws the anatomy before the detail; 0: one level (default: %(default)s)"),
     _setting("res_blocks", "model", (VQVAE,), (VQVAE, "res_blocks"), integers(0, MAX_LAYERS),
              type=int, default=2, help="residual blocks in encoder and decoder; 0: none (default: %(default)s)"),
     _setting("beta", "model", (VQVAE,), (VQVAE, "beta"), numbers(), type=float, default=0.25,
@@ -154,6 +157,8 @@ SETTINGS = (
 
     _setting("prior_epochs", "prior", accepts=integers(), type=int, default=8,
              help="epochs of the prior (default: %(default)s)"),
+    _setting("top_prior_epochs", "prior", accepts=integers(), type=int, default=8,
+             help="epochs of the top level's prior, with --top-downsamplings (default: %(default)s)"),
     _setting("prior_channels", "prior", (PRIOR,), (PRIOR, "channels"), integers(), type=int, default=32,
              help="prior channels (default: %(default)s)"),
     _setting("prior_layers", "prior", (PRIOR,), (PRIOR, "num_layers"), integers(1, MAX_LAYERS), type=int, default=10,
@@ -248,6 +253,9 @@ def check_arguments(parser, args):
     if args.image_size % factor:
         parser.error(f"--image-size {args.image_size}: expected a multiple of 2^downsamplings = {factor}, at least 16")
     grid = args.image_size // factor
+    if grid % 2 ** args.top_downsamplings:
+        parser.error(f"--top-downsamplings {args.top_downsamplings}: expected 2^top-downsamplings to divide the code "
+                     f"grid's side, {grid} (--image-size {args.image_size} / 2^downsamplings)")
     if args.prior_attention >= args.prior_layers:
         parser.error(f"--prior-attention {args.prior_attention}: expected fewer than --prior-layers "
                      f"{args.prior_layers}, each before a different gated block after the first")

@@ -20,6 +20,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -40,6 +41,7 @@ from checkpoints import CheckpointState, EpochCheckpoints, ResumeError
 from figures import training_curves_figure
 from export import PRIOR_ENDPOINTS, export_savedmodel
 from metrics import evaluate_reconstructions, psnr_text
+from hierarchy import HierarchicalPrior
 from modules import VQVAETrainer
 from prior import GatedPixelCNN, bits_per_code
 from denoiser import fit_denoiser
@@ -328,13 +330,14 @@ def train_vqvae(args, data, run, extra_callbacks=()):
 
 
 def encode_split(vqvae, decoded, batch_size):
-    """All code grids [N, G, G] and labels [N] of a decoded split, as numpy arrays."""
-    encode = tf.function(vqvae.encode)
-    codes, labels = [], []
+    """The code grids of each level ([N, G, G], or [N, T, T] and [N, G, G]) and the labels [N] of a decoded
+    split, as numpy arrays."""
+    encode = tf.function(vqvae.encode_levels)
+    levels, labels = [], []
     for images, batch_labels in dataset.batched(decoded, batch_size):
-        codes.append(encode(images).numpy())
+        levels.append([codes.numpy() for codes in encode(images)])
         labels.append(batch_labels.numpy())
-    return np.concatenate(codes), np.concatenate(labels)
+    return [np.concatenate(level) for level in zip(*levels)], np.concatenate(labels)
 
 
 def vqvae_fingerprint(vqvae):
@@ -343,42 +346,64 @@ def vqvae_fingerprint(vqvae):
 
 
 def train_prior(args, vqvae, texture, data, run):
-    """Train (or resume) the gated PixelCNN on the code grids of the train split; returns it and its metrics."""
-    stage = Stage("prior", args.prior_epochs, "val_loss", "--prior-learning-rate", args.prior_learning_rate)
-    stage_settings = {**settings.checkpoint_settings(args, stage.name), "vqvae_fingerprint": vqvae_fingerprint(vqvae),
-                      "dtype_policy": keras.mixed_precision.global_policy().name}
-    state = run.open_checkpoints(stage.name, stage_settings, args.resume, required=args.stage == "prior",
-                                 data=data.fingerprint)
+    """Train (or resume) the prior on the code grids of the train split: a gated PixelCNN, or for a
+    hierarchical VQ-VAE one over the top grid and then one over the bottom grid given the top codes; returns
+    the prior and its metrics."""
     class_names = data.source.class_names
     num_classes = len(class_names) if class_names and not args.unconditional else 0
     codes = {name: encode_split(vqvae, data.decoded[name], args.batch_size) for name in ("train", "validate")}
-    pairs = {name: code_pairs(*codes[name], num_classes) for name in codes}
-    batches = stage_batches(pairs["train"], pairs["validate"], args.prior_batch_size, args.seed, state.epochs_done,
-                            args.prior_epochs)
-    sample_labels = tf.constant([i % max(num_classes, 1) for i in range(8)], tf.int32)
+    grid = args.image_size // vqvae.downsampling_factor
+    shape = dict(num_codes=vqvae.quantizer.num_codes, num_classes=num_classes,
+                 **settings.model_arguments(args, settings.PRIOR))
+    samples = functools.partial(PriorSamples, vqvae, texture, tf.constant([i % max(num_classes, 1) for i in range(8)]),
+                                run.log_folder("prior"), every=4)
+    stage = Stage("prior", args.prior_epochs, "val_loss", "--prior-learning-rate", args.prior_learning_rate)
+    if not vqvae.hierarchical:
+        return fit_prior(args, vqvae, data, run, stage, lambda: GatedPixelCNN(name="prior", grid_size=grid, **shape),
+                         codes, samples)
+    top_grid = grid // vqvae.top_factor
+    top_stage = dataclasses.replace(stage, name="top_prior", epochs=args.top_prior_epochs)
+    # The top grid is small: attention over every top code costs little.
+    top, top_metrics = fit_prior(args, vqvae, data, run, top_stage, lambda: GatedPixelCNN(
+        name="top_prior", grid_size=top_grid, **{**shape, "attention_pool": 1}), codes, level=0)
+    bottom, metrics = fit_prior(args, vqvae, data, run, stage, lambda: GatedPixelCNN(
+        name="prior", grid_size=grid, condition_grid=top_grid, condition_codes=vqvae.top_quantizer.num_codes,
+        **shape), codes, functools.partial(samples, top_prior=top))
+    metrics.update({f"prior_top_{name[len('prior_'):]}": value for name, value in top_metrics.items()
+                    if name.endswith(("bits_per_code", "seconds", "epochs_run"))})
+    return HierarchicalPrior(top, bottom, name="hierarchical_prior"), metrics
+
+
+def fit_prior(args, vqvae, data, run, stage, build, codes, samples=None, level=-1):
+    """Train (or resume) one prior, made by `build()`, on the code grids of one `level` of `codes` (a split's
+    (levels, labels)); a conditioned prior gets the top level's codes too. Returns the prior and its metrics."""
+    stage_settings = {**settings.checkpoint_settings(args, "prior"), "vqvae_fingerprint": vqvae_fingerprint(vqvae),
+                      "dtype_policy": keras.mixed_precision.global_policy().name}
+    state = run.open_checkpoints(stage.name, stage_settings, args.resume, required=args.stage == "prior",
+                                 data=data.fingerprint)
     with run.strategy.scope():
-        prior = GatedPixelCNN(num_codes=vqvae.quantizer.num_codes, num_classes=num_classes, name="prior",
-                              grid_size=args.image_size // vqvae.downsampling_factor,
-                              **settings.model_arguments(args, settings.PRIOR))
-        prior.compile(optimizer=cosine_adam(args.prior_learning_rate, args.prior_epochs, batches.steps_per_epoch),
+        prior = build()
+        pairs = {name: code_pairs(prior, *codes[name], level) for name in codes}
+        batches = stage_batches(pairs["train"], pairs["validate"], args.prior_batch_size, args.seed,
+                                state.epochs_done, stage.epochs)
+        prior.compile(optimizer=cosine_adam(stage.learning_rate, stage.epochs, batches.steps_per_epoch),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=[keras.metrics.MeanMetricWrapper(bits_per_code, name="bits_per_code")],
                       jit_compile=run.jit)
-        clock = fit_stage(prior, stage, state, batches, run,
-                          [PriorSamples(vqvae, texture, sample_labels, run.log_folder(stage.name), every=4)])
+        clock = fit_stage(prior, stage, state, batches, run, [samples()] if samples else [])
     validation = prior.evaluate(batches.validate, verbose=0, return_dict=True)
     train_labels = codes["train"][1]
     return prior, {"prior_validation_bits_per_code": validation["bits_per_code"],
                    "prior_uniform_bits_per_code": math.log2(prior.num_codes),
                    "prior_train_seconds": clock.seconds, "prior_epochs_run": state.epochs_done,
-                   "prior_conditional": bool(num_classes),
-                   "prior_class_counts": [int((train_labels == k).sum()) for k in range(num_classes)]}
+                   "prior_conditional": bool(prior.num_classes),
+                   "prior_class_counts": [int((train_labels == k).sum()) for k in range(prior.num_classes)]}
 
 
-def code_pairs(codes, labels, num_classes):
-    """(prior inputs, target codes) pairs of a split: the inputs are (codes, labels) for a conditional prior."""
-    inputs = (codes, labels) if num_classes else codes
-    return tf.data.Dataset.from_tensor_slices((inputs, codes))
+def code_pairs(prior, levels, labels, level):
+    """(prior inputs, target codes) pairs of a split's code grids at `level`: the inputs add the top codes
+    for a conditioned prior and the labels for a class-conditional one."""
+    return tf.data.Dataset.from_tensor_slices((prior.inputs_of(levels[level], labels, levels[0]), levels[level]))
 
 
 def load_trained_vqvae(out):
@@ -441,7 +466,9 @@ def export_run(args, run, data, vqvae, texture, denoiser, prior, metrics):
               "replicas": run.strategy.num_replicas_in_sync,
               "model": vqvae.get_config(), "prior": prior.get_config() if prior else None,
               "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
-    metadata = {"image_size": args.image_size, "grid": args.image_size // vqvae.downsampling_factor,
+    grid = args.image_size // vqvae.downsampling_factor
+    metadata = {"image_size": args.image_size, "grid": grid,
+                "top_grid": grid // vqvae.top_factor if vqvae.hierarchical else 0,
                 "num_codes": vqvae.quantizer.num_codes, "has_prior": prior is not None,
                 "class_names": source.class_names if prior and prior.num_classes else [],
                 "class_counts": metrics.get("prior_class_counts") or [], "has_texture": True,

@@ -235,7 +235,7 @@ def through_slices(volume, axis, size, transform):
 
 def reconstruct_volume(path, axis, image_size, model, batch_size):
     """Encode and decode every slice of the volume at `path` along `axis` with `model` (anything with
-    encode(images) -> codes and decode(codes) -> images), `batch_size` slices at a time; a `RoundTrip`.
+    encode(images) -> codes and reconstruct(images) -> images), `batch_size` slices at a time; a `RoundTrip`.
     Raises VolumeError for a file that is not a usable volume (see read_volume), and for one whose slices are
     smaller than SSIM's window or hold no brain."""
     scan = read_scan(path)
@@ -244,9 +244,9 @@ def reconstruct_volume(path, axis, image_size, model, batch_size):
     grids = []
 
     def encode_and_decode(images):
-        codes = [model.encode(batch).numpy() for batch in np.array_split(images, batches)]
-        grids.extend(codes)
-        return np.concatenate([model.decode(batch).numpy() for batch in codes])
+        chunks = np.array_split(images, batches)
+        grids.extend(model.encode(batch).numpy() for batch in chunks)
+        return np.concatenate([model.reconstruct(batch).numpy() for batch in chunks])
 
     reconstructed, inputs = through_slices(scan.volume, axis, image_size, encode_and_decode)
     originals = np.stack([slice_image(scan.volume, axis, k) for k in brain])[..., None]

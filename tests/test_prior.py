@@ -6,27 +6,46 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_GRID as GRID, tiny_prior
+from conftest import TINY_GRID as GRID, TINY_TOP_GRID as TOP_GRID, tiny_prior
 from prior import GatedPixelCNN, GatedPixelCNNBlock, RowCausalAttention, bits_per_code, filter_logits, log_likelihood
 
 
 def dependence_map(model, labels=None):
-    """[p, q] = whether the logits at position p change with the input at position q (both raster order).
+    """[p, q] = whether the logits at position p change with the input at position q (both raster order),
+    and for a conditioned prior [p, t] = whether they change with the top code at position t.
 
     The head's ReLUs can zero a gradient at one input by chance, so a dependence counts if it shows for
     any of a batch of random inputs.
     """
     embedded = tf.random.normal((4, GRID, GRID, model.channels), seed=1)
+    top = tf.random.uniform((4, TOP_GRID, TOP_GRID), 0, 5, tf.int32, seed=2) if model.conditioned else None
     labels = None if labels is None else tf.repeat(labels, 4)
     depends = np.zeros((GRID * GRID, GRID * GRID), bool)
+    on_top = np.zeros((GRID * GRID, TOP_GRID * TOP_GRID), bool)
     for p in range(GRID * GRID):
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(persistent=True) as tape:
             tape.watch(embedded)
-            logits = model.horizontal_logits(embedded, model.vertical_links(embedded, labels), labels)
+            condition = None
+            if model.conditioned:  # the condition net from its embedded input, so that the tape can watch that
+                embedded_top = model.condition_net.get_layer("top_embedding")(top)
+                tape.watch(embedded_top)
+                condition = condition_from_embedding(model, embedded_top)
+            logits = model.horizontal_logits(embedded, model.vertical_links(embedded, labels, condition), labels,
+                                             condition)
             output = tf.reduce_sum(logits[:, p // GRID, p % GRID] * tf.range(1.0, model.num_codes + 1))
-        gradient = tape.gradient(output, embedded)
-        depends[p] = tf.reduce_any(tf.abs(gradient) > 0, axis=[0, 3]).numpy().reshape(-1)
-    return depends
+        depends[p] = tf.reduce_any(tf.abs(tape.gradient(output, embedded)) > 0, axis=[0, 3]).numpy().reshape(-1)
+        if model.conditioned:
+            gradient = tape.gradient(output, embedded_top)
+            on_top[p] = tf.reduce_any(tf.abs(gradient) > 0, axis=[0, 3]).numpy().reshape(-1)
+    return (depends, on_top) if model.conditioned else depends
+
+
+def condition_from_embedding(model, embedded_top):
+    """The conditioning map of `model` from already embedded top codes: its condition net after the embedding."""
+    x = embedded_top
+    for layer in model.condition_net.layers[2:]:
+        x = layer(x)
+    return x
 
 
 @pytest.mark.parametrize("num_classes, attention_layers, attention_pool", [(0, 0, 1), (2, 1, 1), (0, 1, 4)])
@@ -39,6 +58,17 @@ def test_each_position_sees_exactly_the_positions_before_it(num_classes, attenti
     assert depends[earlier == 1].all(), "a blind spot: some earlier position is not seen"
 
 
+@pytest.mark.parametrize("num_classes, attention_layers", [(0, 0), (2, 1)])
+def test_the_bottom_prior_of_a_hierarchy_sees_the_whole_top_grid_and_only_earlier_bottom_codes(num_classes,
+                                                                                                attention_layers):
+    model = tiny_prior(num_classes, attention_layers=attention_layers, conditioned=True)
+    depends, on_top = dependence_map(model, tf.constant([1]) if num_classes else None)
+    earlier = np.tril(np.ones_like(depends), k=-1)
+    assert not depends[earlier == 0].any(), "a position sees itself or a later one"
+    assert depends[earlier == 1].all(), "a blind spot: some earlier position is not seen"
+    assert on_top.all(), "some position does not see every top code"
+
+
 def test_the_label_changes_the_output_of_a_conditional_prior():
     model = tiny_prior(num_classes=2)
     codes = tf.constant(np.random.default_rng(0).integers(0, 6, (1, GRID, GRID)), tf.int32)
@@ -46,33 +76,38 @@ def test_the_label_changes_the_output_of_a_conditional_prior():
     assert np.abs(first.numpy() - second.numpy()).max() > 1e-4
 
 
-@pytest.mark.parametrize("attention_layers, attention_pool", [(0, 1), (1, 1), (1, 2)])
-def test_cached_sampler_draws_the_same_codes_as_full_recompute(attention_layers, attention_pool):
-    model = tiny_prior(num_classes=2, attention_layers=attention_layers, attention_pool=attention_pool)
+@pytest.mark.parametrize("attention_layers, attention_pool, conditioned", [(0, 1, False), (1, 1, False),
+                                                                          (1, 2, False), (1, 2, True)])
+def test_cached_sampler_draws_the_same_codes_as_full_recompute(attention_layers, attention_pool, conditioned):
+    model = tiny_prior(num_classes=2, attention_layers=attention_layers, attention_pool=attention_pool,
+                       conditioned=conditioned)
     labels = tf.constant([0, 1, 1])
-    cached = tf.function(lambda: model.sample(3, labels, temperature=1.0, seed=7))()
-    full = tf.function(lambda: model.sample(3, labels, temperature=1.0, seed=7, cached=False))()
+    top = tf.constant(np.random.default_rng(3).integers(0, 5, (3, TOP_GRID, TOP_GRID)), tf.int32) if conditioned else None
+    cached = tf.function(lambda: model.sample(3, labels, temperature=1.0, seed=7, top=top))()
+    full = tf.function(lambda: model.sample(3, labels, temperature=1.0, seed=7, cached=False, top=top))()
     np.testing.assert_array_equal(cached.numpy(), full.numpy())
     assert len(np.unique(cached.numpy())) > 1
 
 
-@pytest.mark.parametrize("attention_layers, attention_pool", [(0, 1), (2, 1), (1, 4)])
-def test_step_by_step_logits_equal_the_full_pass(attention_layers, attention_pool):
+@pytest.mark.parametrize("attention_layers, attention_pool, top_grid", [(0, 1, 0), (2, 1, 0), (1, 4, 0), (1, 4, 4)])
+def test_step_by_step_logits_equal_the_full_pass(attention_layers, attention_pool, top_grid):
     """`step` from `initial_state`, fed each code in turn, gives `call`'s logits everywhere (grid 16, so that
-    the ring buffers of dilations 1 to 8 wrap around)."""
+    the ring buffers of dilations 1 to 8 wrap around), with and without top codes to condition on."""
     keras.utils.set_random_seed(1)
     model = GatedPixelCNN(num_codes=6, grid_size=16, channels=8, num_layers=5, num_classes=2,
-                          attention_layers=attention_layers, attention_pool=attention_pool)
+                          attention_layers=attention_layers, attention_pool=attention_pool, condition_grid=top_grid,
+                          condition_codes=3 if top_grid else 0)
     for weight in model.weights:
         weight.assign(tf.random.normal(weight.shape, stddev=0.5))
     codes = np.random.default_rng(2).integers(0, 6, (2, 16 * 16)).astype(np.int32)
     labels = tf.constant([1, 0])
+    top = tf.constant(np.random.default_rng(3).integers(0, 3, (2, top_grid, top_grid)), tf.int32) if top_grid else None
     step = tf.function(model.step)
-    state, stepped = model.initial_state(2, labels), []
+    state, stepped = model.initial_state(2, labels, top), []
     for position in range(16 * 16):
         state, logits = step(state, tf.constant(position), tf.constant(codes[:, max(position - 1, 0)]))
         stepped.append(logits.numpy())
-    full = model((tf.constant(codes.reshape(2, 16, 16)), labels)).numpy().reshape(2, 16 * 16, 6)
+    full = model.logits(tf.constant(codes.reshape(2, 16, 16)), labels, top).numpy().reshape(2, 16 * 16, 6)
     np.testing.assert_allclose(np.stack(stepped, axis=1), full, atol=1e-4 * np.abs(full).max())
 
 

@@ -13,6 +13,7 @@ from utils import write_json
 MAY_CHANGE_ON_RESUME = {
     "skip_bad": "skipping unreadable files does not change a model; a changed file list is the data's check",
     "prior_epochs": "a resumed run may train for more epochs, like --epochs",
+    "top_prior_epochs": "a resumed run may train for more epochs, like --epochs",
 }
 
 

@@ -319,8 +319,8 @@ def test_a_volume_without_brain_or_smaller_than_ssims_window_is_named_before_the
             calls.append("encode")
             return tf.constant(images)
 
-        def decode(self, codes):
-            return tf.constant(codes)
+        def reconstruct(self, images):
+            return tf.constant(images)
 
     for name, words in write_unusable_volumes(tmp_path).items():
         with pytest.raises(volumes.VolumeError, match=words) as error:
