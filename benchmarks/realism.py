@@ -122,6 +122,77 @@ def histogram_distance(first, second, bins=64):
     return float(np.abs(histogram(first) - histogram(second)).sum() / 2)
 
 
+def tissue_peaks(images, classes=3, iterations=100):
+    """The sorted class means of a `classes`-class k-means of the head pixels' intensities: the positions of the
+    histogram's tissue peaks (in T1: CSF, grey matter, white matter)."""
+    values = np.sort(images[images > FOREGROUND].astype(np.float64))
+    if len(values) < classes:
+        return [float("nan")] * classes
+    # In one dimension each class is an interval of the sorted values, so a k-means step is a search for its
+    # two ends and a difference of cumulative sums: millions of head pixels cost no more than a few.
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    means = np.quantile(values, (np.arange(classes) + 0.5) / classes)
+    for _ in range(iterations):
+        ends = np.concatenate([[0], np.searchsorted(values, (means[:-1] + means[1:]) / 2), [len(values)]])
+        counts = np.diff(ends)
+        updated = np.where(counts > 0, np.diff(sums[ends]) / np.maximum(counts, 1), means)
+        settled = np.allclose(updated, means, rtol=0, atol=1e-7)
+        means = updated
+        if settled:
+            break
+    return [float(mean) for mean in np.sort(means)]
+
+
+def tissue(real_a, real_b, generated):
+    """The head's intensity distribution: the tissue peaks of real A, real B (how far two real sets differ)
+    and generated slices, and the histogram distance of real B and of generated slices from real A."""
+    def peaks(images):
+        return [round(peak, 3) for peak in tissue_peaks(images)]
+
+    return {"real_peaks": peaks(real_a), "real_b_peaks": peaks(real_b), "generated_peaks": peaks(generated),
+            "histogram_distance_real_b": round(histogram_distance(real_a, real_b), 3),
+            "histogram_distance_generated": round(histogram_distance(real_a, generated), 3)}
+
+
+STANDARD_SCALE_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # MS-SSIM's, finest scale first
+
+
+def ms_ssim(first, second, filter_size=11):
+    """Per-pair MS-SSIM of images [N, S, S, 1] in [0, 1], with as many scales as fit the image size."""
+    size = first.shape[1]
+    filter_size = min(filter_size, size)
+    # tf.image.ssim_multiscale's 5 scales need the coarsest, S/16, at least as wide as the filter (176 pixels
+    # at filter 11); at 128 pixels the 5th is 8 wide. Keep the standard filter and take the finest scales that
+    # fit (128: 4, 64: 3, 32: 2), their standard weights renormalised: the fine scales are where a generated
+    # slice's detail differs, and a smaller filter would change what each scale's SSIM measures.
+    scales = next(k for k in range(len(STANDARD_SCALE_WEIGHTS), 0, -1)
+                  if -(-size // 2 ** (k - 1)) >= filter_size)
+    weights = np.array(STANDARD_SCALE_WEIGHTS[:scales]) / sum(STANDARD_SCALE_WEIGHTS[:scales])
+    return tf.image.ssim_multiscale(tf.constant(first, tf.float32), tf.constant(second, tf.float32), 1.0,
+                                    power_factors=weights.tolist(), filter_size=filter_size).numpy()
+
+
+def pairs_across_groups(groups, count, seed):
+    """`count` random index pairs [count, 2] whose two items are of different groups (two slices of one patient
+    are alike for reasons that say nothing of the model's diversity)."""
+    groups = np.asarray(groups)
+    if len(np.unique(groups)) < 2:
+        raise ValueError("pairs across groups need at least two groups")
+    rng = np.random.default_rng(seed)
+    found = np.empty((0, 2), int)
+    while len(found) < count:
+        drawn = rng.integers(0, len(groups), (2 * count, 2))
+        found = np.concatenate([found, drawn[groups[drawn[:, 0]] != groups[drawn[:, 1]]]])
+    return found[:count]
+
+
+def diversity(images, groups, pairs=200, seed=0):
+    """Mean MS-SSIM of `pairs` random pairs of images of different groups: lower is more diverse (a prior that
+    draws one slice again and again scores near 1)."""
+    chosen = pairs_across_groups(groups, pairs, seed)
+    return float(ms_ssim(images[chosen[:, 0]], images[chosen[:, 1]]).mean())
+
+
 def blurred(images, sigma=2.0):
     """A degraded copy of real images (Gaussian blur), a control the classifier must tell apart."""
     radius = int(3 * sigma)

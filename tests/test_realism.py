@@ -1,9 +1,10 @@
-"""The realism benchmark's pieces: the two-sample classifier tells real from obviously fake but not from real,
-and the memorisation, anatomy and histogram figures against numpy."""
+"""The realism benchmark's pieces: the two-sample classifiers tell real from obviously fake but not from real,
+and the memorisation, anatomy, histogram, diversity and tissue figures against numpy and TensorFlow."""
 
 import nibabel as nib
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import dataset
 import volumes
@@ -87,3 +88,34 @@ def test_reconstructions_come_in_batches_in_order():
 
     images = np.random.default_rng(6).random((10, 8, 8, 1)).astype("float32")
     np.testing.assert_array_equal(realism.reconstruct(Doubling(), images, batch_size=4), images * 2)
+
+
+@pytest.mark.parametrize("size, scales", [(32, 2), (48, 3), (128, 4), (176, 5)])
+def test_diversity_is_the_mean_ms_ssim_of_pairs_of_different_groups(size, scales):
+    rng = np.random.default_rng(7)
+    images = rng.random((2, size, size, 1)).astype("float32")
+    images[1] = 0.6 * images[0] + 0.4 * images[1]  # alike, so that every scale's figure is well above 0
+    weights = np.array(realism.STANDARD_SCALE_WEIGHTS[:scales])
+    direct = tf.image.ssim_multiscale(images[:1], images[1:], 1.0, power_factors=weights / weights.sum()).numpy()[0]
+    assert 0.1 < direct < 0.99
+    # Two groups of one image each: every pair is (0, 1) or (1, 0), and MS-SSIM is symmetric.
+    assert realism.diversity(images, ["a", "b"], pairs=5) == pytest.approx(direct, abs=1e-5)
+    assert realism.diversity(images[[0, 0]], ["a", "b"], pairs=3) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_pairs_never_join_two_items_of_one_group():
+    groups = np.array(["a"] * 8 + ["b", "c"])
+    pairs = realism.pairs_across_groups(groups, 50, seed=8)
+    assert pairs.shape == (50, 2) and (groups[pairs[:, 0]] != groups[pairs[:, 1]]).all()
+    with pytest.raises(ValueError):
+        realism.pairs_across_groups(["a", "a"], 3, seed=8)
+
+
+def test_tissue_peaks_recover_three_intensity_levels():
+    rng = np.random.default_rng(9)
+    levels = [0.3, 0.55, 0.85]  # CSF, grey and white matter in T1, in unequal amounts, on a black background
+    images = rng.choice([0.0, *levels], p=[0.4, 0.1, 0.3, 0.2], size=(20, 32, 32, 1))
+    images = np.clip(images + rng.normal(0, 0.02, images.shape) * (images > 0), 0, 1)
+    np.testing.assert_allclose(realism.tissue_peaks(images), levels, atol=0.02)
+    figures = realism.tissue(images[:10], images[10:], images[:, ::-1])
+    assert figures["histogram_distance_generated"] < 0.1 and len(figures["generated_peaks"]) == 3
