@@ -124,10 +124,11 @@ def histogram_distance(first, second, bins=64):
 
 def tissue_peaks(images, classes=3, iterations=100):
     """The sorted class means of a `classes`-class k-means of the head pixels' intensities: the positions of the
-    histogram's tissue peaks (in T1: CSF, grey matter, white matter)."""
+    histogram's tissue peaks (in T1: CSF, grey matter, white matter). None when the images hold fewer head
+    pixels than classes."""
     values = np.sort(images[images > FOREGROUND].astype(np.float64))
     if len(values) < classes:
-        return [float("nan")] * classes
+        return None
     # In one dimension each class is an interval of the sorted values, so a k-means step is a search for its
     # two ends and a difference of cumulative sums: millions of head pixels cost no more than a few.
     sums = np.concatenate([[0.0], np.cumsum(values)])
@@ -147,7 +148,8 @@ def tissue(real_a, real_b, generated):
     """The head's intensity distribution: the tissue peaks of real A, real B (how far two real sets differ)
     and generated slices, and the histogram distance of real B and of generated slices from real A."""
     def peaks(images):
-        return [round(peak, 3) for peak in tissue_peaks(images)]
+        found = tissue_peaks(images)
+        return None if found is None else [round(peak, 3) for peak in found]
 
     return {"real_peaks": peaks(real_a), "real_b_peaks": peaks(real_b), "generated_peaks": peaks(generated),
             "histogram_distance_real_b": round(histogram_distance(real_a, real_b), 3),
@@ -230,14 +232,19 @@ def reconstruct(model, images, batch_size=64, texture=False):
 
 
 def generate(model, n, args, label=None, batch_size=64):
-    """`n` generated images with the sampling settings of `args`, `batch_size` at a time (of class `label` if
-    given), with the export's texture if `args.texture`."""
-    batches = []
-    for batch, start in enumerate(range(0, n, batch_size)):
-        images = sample_images(model, min(batch_size, n - start), args.temperature, 1000 + batch, args.top_k,
-                               args.top_p, args.keep_background, label)
-        batches.append(add_texture(model, images, 1000 + batch) if args.texture else images)
+    """`n` generated images, the decoder's mean, with the sampling settings of `args`, `batch_size` at a time
+    (of class `label` if given); `textured` gives them the export's texture."""
+    batches = [sample_images(model, min(batch_size, n - start), args.temperature, 1000 + batch, args.top_k,
+                             args.top_p, args.keep_background, label)
+               for batch, start in enumerate(range(0, n, batch_size))]
     return np.concatenate(batches)
+
+
+def textured(model, images, batch_size=64):
+    """`images` from `generate` with the export's texture, as predict.py writes them: each batch's texture
+    drawn with the seed its codes were sampled with."""
+    return np.concatenate([add_texture(model, images[start:start + batch_size], 1000 + batch)
+                           for batch, start in enumerate(range(0, len(images), batch_size))])
 
 
 def accuracy(real, real_groups, other, other_groups, seeds, epochs):
@@ -286,38 +293,164 @@ def training_slices(source, image_size, limit):
     return images[spread(len(images), limit)]  # volumes: fewer files than slices
 
 
-def main():
+@dataclasses.dataclass
+class Real:
+    """The real held-out slices, split by patient into A (the reference of every comparison) and B."""
+    a: np.ndarray
+    b: np.ndarray
+    patients_a: np.ndarray
+    patients_b: np.ndarray
+    labels_a: np.ndarray
+
+    @classmethod
+    def split(cls, images, patients, labels):
+        """The held-out slices (from `held_out`) split into A and B by a fixed random half of the patients."""
+        in_a = halves(patients, seed=12345)
+        return cls(images[in_a], images[~in_a], patients[in_a], patients[~in_a], labels[in_a])
+
+
+def singles(count):
+    """Group names that make each of `count` generated slices its own "patient"."""
+    return np.arange(count).astype(str)
+
+
+def controls(model, real, args):
+    """The two-sample figures that do not depend on sampling, computed once: real A against real B (the floor),
+    blurred B (near 1.0), B's reconstructions (what the decoder alone gives away) and, when the run measures
+    the texture, B's reconstructions with it."""
+    def against_a(other):
+        return accuracy(real.a, real.patients_a, other, real.patients_b, args.seeds, args.epochs)
+
+    result = {"real_vs_real": against_a(real.b), "real_vs_blurred": against_a(blurred(real.b)),
+              "real_vs_reconstructions": against_a(reconstruct(model, real.b))}
+    if "texture_on" in args.variants:
+        result["real_vs_textured_reconstructions"] = against_a(reconstruct(model, real.b, texture=True))
+    return result
+
+
+def against_generated(images, patients, generated, args):
+    """The two-sample accuracy of `generated` slices (each its own group) against `images` of `patients`."""
+    return accuracy(images, patients, generated, singles(len(generated)), args.seeds, args.epochs)
+
+
+def variant_figures(real, generated, reconstructions_a, args):
+    """The figures of one kind of generated slices (texture on or off) against the real held-out slices:
+    two-sample accuracies, diversity, tissue and anatomy."""
+    real_stats, generated_stats = anatomy(real.a), anatomy(generated)
+    every_real, every_patient = np.concatenate([real.a, real.b]), np.concatenate([real.patients_a, real.patients_b])
+    return {"two_sample_accuracy": {
+                "real_vs_generated": against_generated(real.a, real.patients_a, generated, args),
+                # The prior alone: both sides come through the decoder, so its smoothing does not separate them.
+                "reconstructions_vs_generated": against_generated(reconstructions_a, real.patients_a, generated,
+                                                                  args)},
+            "diversity": {"ms_ssim_generated_pairs": round(diversity(generated, singles(len(generated)),
+                                                                     args.diversity_pairs), 3),
+                          "ms_ssim_real_pairs": round(diversity(every_real, every_patient, args.diversity_pairs), 3)},
+            "tissue": tissue(real.a, real.b, generated),
+            "anatomy": {"head_area_real": round(float(real_stats["head_area"].mean()), 3),
+                        "head_area_generated": round(float(generated_stats["head_area"].mean()), 3),
+                        "touches_border_real": round(float(real_stats["touches_border"].mean()), 3),
+                        "touches_border_generated": round(float(generated_stats["touches_border"].mean()), 3)}}
+
+
+def class_samples(model, metadata, test_source, real, args):
+    """{class name: (mask of real A's slices of that class, as many generated slices of it)} for a
+    class-conditional export ({} otherwise); the decoder's mean, as `generate` gives."""
+    result = {}
+    for label, name in enumerate(metadata["class_names"]):
+        index = test_source.class_names.index(name) if name in test_source.class_names else -2
+        of_class = real.labels_a == index
+        if of_class.any():
+            result[name] = (of_class, generate(model, int(of_class.sum()), args, label))
+    return result
+
+
+def variants(model, real, generated, by_class, args):
+    """{variant: (generated slices, {class: (mask, samples)}, reconstructions of real A)} for each variant of
+    the run: texture_on (as predict.py writes them) and texture_off (the decoder's mean)."""
+    result = {}
+    for variant in args.variants:
+        texture = variant == "texture_on"
+        dress = (lambda images: textured(model, images)) if texture else (lambda images: images)
+        result[variant] = (dress(generated), {name: (mask, dress(samples)) for name, (mask, samples)
+                                              in by_class.items()}, reconstruct(model, real.a, texture=texture))
+    return result
+
+
+def memorisation(source, image_size, generated, real_a, args):
+    """The mean highest SSIM of generated slices to any training slice, beside the same for real held-out ones
+    (a copying prior scores higher than real slices do)."""
+    train = training_slices(source, image_size, args.memorisation_slices)
+    count = args.memorisation_images
+    return {"generated_nearest_train_ssim": round(float(nearest_ssim(generated[:count], train).mean()), 3),
+            "real_nearest_train_ssim": round(float(nearest_ssim(real_a[spread(len(real_a), count)], train).mean()),
+                                             3)}
+
+
+def per_class(real, classes, reconstructions_a, args):
+    """For each class of a class-conditional export ({name: (mask, samples)}), its generated slices against
+    real A's slices of that class and against their reconstructions."""
+    return {name: {"real_vs_generated": against_generated(real.a[mask], real.patients_a[mask], samples, args),
+                   "reconstructions_vs_generated": against_generated(reconstructions_a[mask], real.patients_a[mask],
+                                                                     samples, args)}
+            for name, (mask, samples) in classes.items()}
+
+
+# The full run's sizes: with 80 real slices a side and 20 epochs the pooled classifier scored the demo's visibly
+# broken samples 0.53, with 320 a side 0.93 (docs/experiments.md). --quick, for a look at the demo in about
+# 10 minutes on 2 cores: one classifier of each kind, half the slices, fewer memorisation comparisons; its
+# figures are noisier and lower.
+FULL = {"slices_per_patient": 40, "seeds": 3, "memorisation_slices": 500, "memorisation_images": 100}
+QUICK = {"slices_per_patient": 20, "seeds": 1, "memorisation_slices": 200, "memorisation_images": 50}
+
+
+def parser():
+    """The command line's parser."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="saved_models/vqvae", help="an export of train.py with a prior")
     parser.add_argument("--data", help="the data folder the model was trained on (default: the embedded demo)")
-    # 40 slices a patient and 30 epochs: with 80 images a side and 20 epochs the classifier scored the demo's
-    # visibly broken samples 0.53; with 320 a side, 0.93 (the controls: real 0.59, blurred 1.0).
-    parser.add_argument("--slices-per-patient", type=int, default=40,
-                        help="real test slices per patient (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, default=3, help="classifiers per comparison (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sizes for a quick look (default sizes: full run / --quick): " + "; ".join(
+                            f"--{name.replace('_', '-')} {FULL[name]} / {QUICK[name]}" for name in FULL))
+    parser.add_argument("--slices-per-patient", type=int, help="real test slices per patient")
+    parser.add_argument("--seeds", type=int, help="classifiers of each kind per comparison")
     parser.add_argument("--epochs", type=int, help="epochs of both classifiers (default: each its own, pooled "
                         f"{EPOCHS['pooled']}, layout {EPOCHS['layout']})")
+    parser.add_argument("--diversity-pairs", type=int, default=200,
+                        help="random pairs of slices whose MS-SSIM is averaged (default: %(default)s)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     parser.add_argument("--top-k", type=int, default=0, help="sample from the K most likely codes (0: all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling probability (1: all codes)")
     parser.add_argument("--keep-background", action=argparse.BooleanOptionalAction, default=True,
                         help="the sampling controls reshape only the codes of anatomy, as predict.py's default")
     parser.add_argument("--texture", action=argparse.BooleanOptionalAction, default=True,
-                        help="generated slices, and the reconstructions they are compared with for the prior "
-                        "alone, get the export's texture, as predict.py's default (--no-texture: the decoder's "
-                        "mean)")
+                        help="measure generated slices both with the export's texture, as predict.py writes them, "
+                        "and without (the decoder's mean); --no-texture: only without")
     parser.add_argument("--no-controls", dest="controls", action="store_false",
                         help="skip the real, blurred and reconstruction controls (when comparing sampling settings "
                         "of one model, whose controls do not change)")
     # Each memorisation comparison is one SSIM of two images: samples x slices of them (100 x 500 take minutes).
-    parser.add_argument("--memorisation-slices", type=int, default=500,
-                        help="training slices each image is compared with (default: %(default)s)")
-    parser.add_argument("--memorisation-images", type=int, default=100,
-                        help="generated and real held-out images compared with them (default: %(default)s)")
+    parser.add_argument("--memorisation-slices", type=int, help="training slices each image is compared with")
+    parser.add_argument("--memorisation-images", type=int,
+                        help="generated and real held-out images compared with them")
     parser.add_argument("--figure", help="also write 16 real held-out slices beside 16 generated ones to this PNG")
-    args = parser.parse_args()
+    return parser
+
+
+def arguments(argv=None):
+    """The parsed command line, each size not given taken from FULL or, with --quick, QUICK."""
+    args = parser().parse_args(argv)
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.epochs = {kind: args.epochs or EPOCHS[kind] for kind in CLASSIFIERS}
     if args.figure:
         check_figure_path("--figure", args.figure)
+    return args
+
+
+def load_model(args):
+    """(the export of --model, its metadata); exits with one line if it cannot generate as asked."""
     try:
         model, metadata = load_export(args.model)
     except ValueError as error:
@@ -327,63 +460,40 @@ def main():
     if not 0 <= args.top_k <= metadata["num_codes"]:
         fail(f"--top-k {args.top_k}: expected 0 (keep all codes) up to {metadata['num_codes']}, the model's number "
              f"of codes")
+    return model, metadata
+
+
+def main(argv=None):
+    """Measure the realism of an export's generated slices; print one JSON line."""
+    args = arguments(argv)
+    model, metadata = load_model(args)
     size = metadata["image_size"]
-    args.epochs = {kind: args.epochs or EPOCHS[kind] for kind in CLASSIFIERS}
-    args.texture = args.texture and metadata["has_texture"]
+    args.variants = ["texture_on", "texture_off"] if args.texture and metadata["has_texture"] else ["texture_off"]
     source = dataset.load_source(args.data)
     # The demo's test split has 2 subjects, too few to split by patient: its generator makes 16 new ones.
     test_source = source if args.data else demo.load_demo(seed=1, subjects=(1, 1, 16))
-    real, patients, labels = held_out(test_source, size, args.slices_per_patient)
-    in_a = halves(patients, seed=12345)
-    a, b = real[in_a], real[~in_a]
-    generated = generate(model, len(a), args)
-    singles = np.arange(len(generated)).astype(str)
-    reconstructions_a = reconstruct(model, a, texture=args.texture)
-    result = {"benchmark": "realism", "model": args.model, "data": source.kind, "real_a": len(a), "real_b": len(b),
-              "patients": len(np.unique(patients)), "generated": len(generated), "temperature": args.temperature,
-              "top_k": args.top_k, "top_p": args.top_p, "keep_background": args.keep_background,
-              "texture": args.texture,
-              "two_sample_accuracy": {
-                  "real_vs_generated": accuracy(a, patients[in_a], generated, singles, args.seeds, args.epochs),
-                  "reconstructions_vs_generated": accuracy(reconstructions_a, patients[in_a], generated, singles,
-                                                           args.seeds, args.epochs)}}
+    real = Real.split(*held_out(test_source, size, args.slices_per_patient))
+    generated = generate(model, len(real.a), args)
+    made = variants(model, real, generated, class_samples(model, metadata, test_source, real, args), args)
+    result = {"benchmark": "realism", "model": args.model, "data": source.kind, "real_a": len(real.a),
+              "real_b": len(real.b), "patients": len(np.unique(np.concatenate([real.patients_a, real.patients_b]))),
+              "generated": len(generated), "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+              "keep_background": args.keep_background, "has_texture": metadata["has_texture"],
+              "seeds": args.seeds, "epochs": args.epochs}
     if args.controls:
-        result["two_sample_accuracy"].update({
-            "real_vs_real": accuracy(a, patients[in_a], b, patients[~in_a], args.seeds, args.epochs),
-            "real_vs_blurred": accuracy(a, patients[in_a], blurred(b), patients[~in_a], args.seeds, args.epochs),
-            "real_vs_reconstructions": accuracy(a, patients[in_a], reconstruct(model, b), patients[~in_a],
-                                                args.seeds, args.epochs)})
-        if args.texture:
-            result["two_sample_accuracy"]["real_vs_textured_reconstructions"] = accuracy(
-                a, patients[in_a], reconstruct(model, b, texture=args.texture), patients[~in_a], args.seeds,
-                args.epochs)
-    train = training_slices(source, size, args.memorisation_slices)
-    count = args.memorisation_images
-    result["memorisation"] = {
-        "generated_nearest_train_ssim": round(float(nearest_ssim(generated[:count], train).mean()), 3),
-        "real_nearest_train_ssim": round(float(nearest_ssim(a[spread(len(a), count)], train).mean()), 3)}
-    real_stats, generated_stats = anatomy(a), anatomy(generated)
-    result["anatomy"] = {"head_area_real": round(float(real_stats["head_area"].mean()), 3),
-                         "head_area_generated": round(float(generated_stats["head_area"].mean()), 3),
-                         "touches_border_real": round(float(real_stats["touches_border"].mean()), 3),
-                         "touches_border_generated": round(float(generated_stats["touches_border"].mean()), 3),
-                         "histogram_distance_real_b": round(histogram_distance(a, b), 3),
-                         "histogram_distance_generated": round(histogram_distance(a, generated), 3)}
-    for label, name in enumerate(metadata["class_names"]):
-        of_class = labels[in_a] == (test_source.class_names.index(name) if name in test_source.class_names else -2)
-        if not of_class.any():
-            continue
-        samples = generate(model, int(of_class.sum()), args, label)
-        own_patients, singles = patients[in_a][of_class], np.arange(len(samples)).astype(str)
-        result.setdefault("per_class", {})[name] = {
-            "real_vs_generated": accuracy(a[of_class], own_patients, samples, singles, args.seeds, args.epochs),
-            "reconstructions_vs_generated": accuracy(reconstructions_a[of_class], own_patients, samples, singles,
-                                                     args.seeds, args.epochs)}
-    result["command"] = " ".join(["python", "-m", "benchmarks.realism", *sys.argv[1:]])
+        result["controls"] = controls(model, real, args)
+    for variant, (images, classes, reconstructions_a) in made.items():
+        result[variant] = variant_figures(real, images, reconstructions_a, args)
+        if classes:
+            result[variant]["per_class"] = per_class(real, classes, reconstructions_a, args)
+    shown = made[args.variants[0]][0]  # as predict.py writes them
+    result["memorisation"] = {"generated_slices": args.variants[0],
+                              **memorisation(source, size, shown, real.a, args)}
+    result["command"] = " ".join(["python", "-m", "benchmarks.realism", *(sys.argv[1:] if argv is None else argv)])
     if args.figure:
-        accuracy_text = result["two_sample_accuracy"]["real_vs_generated"]["higher"]
-        side_by_side(a[spread(len(a), 16)], generated, f"{args.model}: real vs generated two-sample accuracy "
-                     f"{accuracy_text:.3f} (0.5: indistinguishable)", args.figure)
+        higher = result[args.variants[0]]["two_sample_accuracy"]["real_vs_generated"]["higher"]
+        side_by_side(real.a[spread(len(real.a), 16)], shown, f"{args.model}: real vs generated two-sample "
+                     f"accuracy {higher:.3f}, the higher of two classifiers (0.5: indistinguishable)", args.figure)
     print(json.dumps(result))
 
 

@@ -119,3 +119,4 @@ def test_tissue_peaks_recover_three_intensity_levels():
     np.testing.assert_allclose(realism.tissue_peaks(images), levels, atol=0.02)
     figures = realism.tissue(images[:10], images[10:], images[:, ::-1])
     assert figures["histogram_distance_generated"] < 0.1 and len(figures["generated_peaks"]) == 3
+    assert realism.tissue(images, images, np.zeros_like(images))["generated_peaks"] is None  # no head: no peaks
