@@ -1,23 +1,56 @@
-"""Realism of generated slices: a classifier two-sample test with controls, a memorisation check and anatomy
-statistics, for any export of train.py and a data folder. Prints one JSON line.
+"""Realism of generated slices: classifier two-sample tests with controls, sample diversity, the head's tissue
+intensities, a memorisation check and anatomy statistics, for any export of train.py and a data folder.
+Prints one JSON line.
 
 The real held-out slices (the test split, at most --slices-per-patient per patient, spread over each
 patient's slices; for the demo, 16 new virtual subjects from the demo's generator with another seed) are
-split by patient into A and B. A small CNN, trained from scratch, tells real A from
-each of: real B (the floor, about 0.5), blurred B (a degraded control, near 1.0), the model's
-reconstructions of B (what the decoder alone gives away) and generated slices. Each classifier trains on
-half of each side's patients (every generated slice is its own "patient") and is scored, by balanced
-accuracy, on the other half; the mean and spread over --seeds are printed. The prior alone: a classifier
-tells generated slices from the reconstructions of real A; both come through the same decoder, so what the
-decoder gives away (its smoothing) does not separate them, and what does is the prior's. Memorisation: the
-mean over generated slices of the highest SSIM to any training slice, beside the same figure for real
-held-out slices. Anatomy: head area, fraction of slices whose head touches the border, and the total-variation
-distance between head-intensity histograms. Class-conditional models also get the generated test per class.
-Generated slices carry the export's texture (texture.py), as predict.py writes them, and so do the
-reconstructions they are compared with for the prior alone; one more control tells real slices from
-reconstructions with the texture. --no-texture measures the decoder's mean instead.
+split by patient into A and B. Two small CNNs, trained from scratch, tell real A from each of: real B (the
+floor, about 0.5), blurred B (a degraded control, near 1.0), the model's reconstructions of B (what the decoder
+alone gives away) and generated slices. One pools its features over the image ("pooled") and sees texture;
+the other keeps the slice's layout ("layout": no pooling, a flattened map) and sees anatomy in the wrong
+place. Each misses something the other sees, so every two-sample figure is given for both (mean, spread and
+each of --seeds classifiers) and as "higher", the higher of their means: the figure that counts. Each
+classifier trains on half of each side's patients (every generated slice is its own "patient") and is
+scored, by balanced accuracy, on the other half. The prior alone: generated slices against the
+reconstructions of real A; both come through the same decoder, so what the decoder gives away (its
+smoothing) does not separate them, and what does is the prior's. Class-conditional models also get both
+per class.
+
+Beside them: diversity, the mean MS-SSIM of random pairs of generated slices beside that of pairs of real
+held-out slices of different patients (a prior that draws one slice again and again scores near 1); tissue,
+the intensities of the head's three tissue peaks (a 3-class k-means of head pixels; in T1 CSF, grey and white
+matter) of real A, real B and generated slices, and the total-variation distance of B's and of the generated
+slices' head-intensity histograms from A's; anatomy, the head's area and how often it touches the border.
+
+One run measures generated slices twice, both from the same codes: "texture_on", with the export's texture
+(texture.py) as predict.py writes them, and "texture_off", the decoder's mean; each holds its two-sample,
+diversity, tissue and anatomy figures, and the prior alone compares it with reconstructions with or without
+the texture alike. The controls do not depend on sampling and are computed once ("controls", with one more
+for reconstructions with the texture). Memorisation, the mean over generated slices of the highest SSIM to any
+training slice beside the same for real held-out slices, is computed once, on the slices as predict.py writes
+them. An export without a texture, or --no-texture, gives texture_off alone.
+
+    {"benchmark": "realism", "model": ..., "real_a": 320, "generated": 320, "has_texture": true, "seeds": 3,
+     "epochs": {"pooled": 30, "layout": 25},
+     "controls": {"real_vs_real": {"pooled": {"mean", "std", "each"}, "layout": {...}, "higher": 0.55},
+                  "real_vs_blurred", "real_vs_reconstructions", "real_vs_textured_reconstructions"},
+     "texture_on": {"two_sample_accuracy": {"real_vs_generated", "reconstructions_vs_generated"},
+                    "diversity": {"ms_ssim_generated_pairs", "ms_ssim_real_pairs"},
+                    "tissue": {"real_peaks": [csf, grey, white], "real_b_peaks", "generated_peaks",
+                               "histogram_distance_real_b", "histogram_distance_generated"},
+                    "anatomy": {"head_area_real", "head_area_generated", "touches_border_real",
+                                "touches_border_generated"},
+                    "per_class": {"AD": {"real_vs_generated", "reconstructions_vs_generated"}, ...}},
+     "texture_off": {... the same keys}, "memorisation": {"generated_slices": "texture_on",
+     "generated_nearest_train_ssim", "real_nearest_train_ssim"}, "command": ...}
+
+Cost: each comparison trains 2 x --seeds classifiers. On the demo on 2 CPU cores the full run (40 slices a
+patient, 3 seeds) should take about half an hour and --quick (20 slices a patient, 1 seed, fewer memorisation
+comparisons) under 10 minutes, with noisier figures (estimates from the classifiers' training times and the
+one-classifier run's 16 minutes, not yet measured end to end).
 
     python -m benchmarks.realism --model saved_models/vqvae                  # the demo's export on the demo
+    python -m benchmarks.realism --quick                                     # a quick look at it
     python -m benchmarks.realism --model saved_models/adni --data ../shared/data/ADNI
 """
 
@@ -399,7 +432,7 @@ def per_class(real, classes, reconstructions_a, args):
 # The full run's sizes: with 80 real slices a side and 20 epochs the pooled classifier scored the demo's visibly
 # broken samples 0.53, with 320 a side 0.93 (docs/experiments.md). --quick, for a look at the demo in about
 # 10 minutes on 2 cores: one classifier of each kind, half the slices, fewer memorisation comparisons; its
-# figures are noisier and lower.
+# figures are noisier and can be lower (fewer slices train weaker classifiers).
 FULL = {"slices_per_patient": 40, "seeds": 3, "memorisation_slices": 500, "memorisation_images": 100}
 QUICK = {"slices_per_patient": 20, "seeds": 1, "memorisation_slices": 200, "memorisation_images": 50}
 
