@@ -273,10 +273,18 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
     clean, so that clean reconstruction does not suffer), while the loss compares the output with the clean
     image. Validation and `evaluate` see clean images, so their metrics stay comparable between models.
 
+    With `top_downsamplings` t > 0 it is hierarchical (VQ-VAE-2, Razavi et al. 2019): a second encoder takes
+    the bottom grid's vectors t stride-2 steps further to a top grid, quantised with a codebook of its own;
+    what the top codes say at the bottom grid (`build_top_decoder`) joins the bottom vectors before the bottom
+    quantiser and the bottom codes before the decoder. A 1x1 head on that alone predicts the image averaged
+    over each bottom code's pixels (its squared error, `top_mse`, is added to the loss), so the top codes
+    carry the slice's layout, which a prior over the small top grid then draws before the detail.
+
     `fit` and `evaluate` take batches of images [N, S, S, 1] in [0, 1] (or (images, labels) pairs, whose
     labels are ignored) and track the loss, its reconstruction and VQ parts, MSE, SSIM, PSNR, the codebook's
-    perplexity and the fraction of codes in use. The codebook's settings (num_codes, beta, ema_decay,
-    dead_code_steps, seed) are the quantizer's and read from it.
+    perplexity and the fraction of codes in use (the bottom level's; `top_perplexity` too). The codebook's
+    settings (num_codes, beta, ema_decay, dead_code_steps, seed) are the quantizer's and read from it; the top
+    codebook has the same settings and seed + 1.
     """
 
     def __init__(self, num_codes=256, code_dim=32, channels=64, downsamplings=2, res_blocks=2, beta=0.25,
@@ -306,8 +314,12 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
             self.top_quantizer.build((None, code_dim))
             self.bottom_mixer = layers.Conv2D(code_dim, 1, name="bottom_mixer")
             self.bottom_mixer.build((None, None, None, 2 * code_dim))
+            # The top level must carry the slice's layout on its own: without this head, in some runs the
+            # bottom level took over and the top codebook collapsed to two or three codes.
+            self.top_head = layers.Conv2D(1, 1, name="top_head", dtype="float32")
+            self.top_head.build((None, None, None, code_dim))
         names = ["loss", "reconstruction_loss", "vq_loss", "mse", "ssim", "psnr", "perplexity", "codes_used"]
-        names += ["top_perplexity"] if top_downsamplings else []
+        names += ["top_mse", "top_perplexity"] if top_downsamplings else []
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.built = True  # all state exists: the encoder and decoder are functional, the quantizers are built
 
@@ -331,22 +343,22 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
         return list(self.trackers.values())
 
     def quantize_images(self, inputs, training=False):
-        """(the decoder's input, the code indices of each level, the VQ loss) of images `inputs`; the levels are
-        (bottom,) or, with a top level, (top, bottom)."""
+        """(the decoder's input, the code indices of each level, the VQ loss, what the top codes say at the
+        bottom grid or None) of images `inputs`; the levels are (bottom,) or, with a top level, (top, bottom)."""
         vectors = self.encoder(inputs, training=training)
         if not self.hierarchical:
             quantized, indices, loss = self.quantizer.quantize_vectors(vectors, training=training)
-            return quantized, (indices,), loss
+            return quantized, (indices,), loss, None
         top, top_indices, top_loss = self.top_quantizer.quantize_vectors(
             self.top_encoder(vectors, training=training), training=training)
         context = self.top_decoder(top, training=training)
         mixed = self.bottom_mixer(ops.concatenate([vectors, ops.cast(context, vectors.dtype)], axis=-1))
         quantized, indices, loss = self.quantizer.quantize_vectors(mixed, training=training)
-        return ops.concatenate([ops.cast(quantized, context.dtype), context], axis=-1), (top_indices, indices), \
-            loss + top_loss
+        return (ops.concatenate([ops.cast(quantized, context.dtype), context], axis=-1), (top_indices, indices),
+                loss + top_loss, context)
 
     def call(self, images, training=False):
-        quantized, _, loss = self.quantize_images(images, training=training)
+        quantized, _, loss, _ = self.quantize_images(images, training=training)
         self.add_loss(loss)
         return self.decoder(quantized, training=training)
 
@@ -397,7 +409,8 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
         """(clipped reconstructions, code indices of each level, losses) of a batch whose encoder sees `inputs`
         (default: the images themselves); the losses compare with `images` and are a dict whose "loss" is their
         total."""
-        quantized, indices, vq_loss = self.quantize_images(images if inputs is None else inputs, training=training)
+        quantized, indices, vq_loss, context = self.quantize_images(images if inputs is None else inputs,
+                                                                    training=training)
         outputs = ops.cast(self.decoder(quantized, training=training), "float32")
         reconstructions = ops.clip(outputs, 0.0, 1.0)
         losses = dict(mse=ops.mean((outputs - images) ** 2), ssim=mean_ssim(images, reconstructions), vq_loss=vq_loss)
@@ -405,6 +418,11 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
         if self.ssim_weight:
             losses["reconstruction_loss"] += self.ssim_weight * (1.0 - losses["ssim"])
         losses["loss"] = losses["reconstruction_loss"] + vq_loss
+        if context is not None:
+            # The top level alone predicts the image averaged over each code's pixels.
+            coarse = ops.average_pool(images, self.downsampling_factor, self.downsampling_factor)
+            losses["top_mse"] = ops.mean((self.top_head(context) - coarse) ** 2)
+            losses["loss"] += losses["top_mse"]
         return reconstructions, indices, losses
 
     def _update_metrics(self, images, reconstructions, indices, losses):
