@@ -26,7 +26,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 import dataset
-from codec import PriorCodec, model_fingerprint, prior_bits
+from codec import PriorCodec, decode_levels, encode_levels, model_fingerprint, prior_bits
 from export import load_export
 from metrics import psnr, ssim
 from utils import check_figure_path, save_figure
@@ -69,9 +69,10 @@ def vqvae_point(path, images):
     started = time.perf_counter()
     decoded = [codec.decompress(data)[0] for data in files]
     decompress_seconds = time.perf_counter() - started
-    expected = model.encode(tf.constant(images)).numpy()
-    exact = sum(np.array_equal(codes, reference) for codes, reference in zip(decoded, expected))
-    reconstructions = model.decode(tf.constant(np.stack(decoded), tf.int32)).numpy()
+    expected = encode_levels(model, metadata, images)
+    exact = sum(all(np.array_equal(codes, reference[index]) for codes, reference in zip(levels, expected))
+                for index, levels in enumerate(decoded))
+    reconstructions = decode_levels(model, [np.stack(level) for level in zip(*decoded)])
     sizes = np.array([len(data) for data in files])
     payload_bits = 8 * (sizes - 14)
     return {"codec": "VQ-VAE", "model": str(path), "grid": metadata["grid"], "num_codes": metadata["num_codes"],

@@ -33,7 +33,7 @@ def test_round_trip_is_exact_and_files_cost_what_the_prior_says(coded):
     expected = model.encode(tf.constant(images)).numpy()
     ideal, labels = prior_bits(model, codec.metadata, images)
     for data, codes, bits, label in zip(files, expected, ideal, labels):
-        decoded, decoded_label = codec.decompress(data)
+        (decoded,), decoded_label = codec.decompress(data)  # one level
         np.testing.assert_array_equal(decoded, codes)
         assert decoded_label == label
         payload_bits = 8 * (len(data) - HEADER.size)
