@@ -3,17 +3,22 @@
 A file is a 14-byte header and the coder's 32-bit words (big-endian):
 
     magic b"VQ" | format version (1 byte) | model fingerprint (4 bytes) | image side (2 bytes)
-    | class label (1 byte; 255 when the prior is unconditional) | CRC-32 of the code grid (4 bytes) | words
+    | class label (1 byte; 255 when the prior is unconditional) | CRC-32 of the codes (4 bytes) | words
 
-The probabilities come from the export's `prior_step`, one position at a time, on the encoder's side and the
-decoder's alike: both run the same compiled function on one image, so they see bit-identical logits, which
+Of a hierarchical model (VQ-VAE-2, metadata top_grid > 0) a file holds both levels of codes in the one
+stream of words, the top grid first and then the bottom grid, and the CRC-32 covers the top codes and then
+the bottom codes. The header is the same: the fingerprint names the model, and the model its levels.
+
+The probabilities come from the export's `prior_step` (and `top_prior_step` for a top grid; the bottom
+level's prior is given the top codes), one position at a time, on the encoder's side and the decoder's
+alike: both run the same compiled function on one image, so they see bit-identical logits, which
 `constriction` turns into the same integer probabilities (never zero for any code). A file therefore
 decodes only with the model that wrote it: the fingerprint names that model, and the checksum catches any
 difference in arithmetic (another platform, another build) instead of writing a wrong image.
 
 `compress_files` and `decompress_files` code the files and folders named on predict.py's command line.
 """
-
+import functools
 import hashlib
 import struct
 import time
@@ -47,9 +52,24 @@ def model_fingerprint(path):
     return hashlib.sha256(text.encode()).digest()[:4]
 
 
-def code_checksum(codes):
-    """CRC-32 of a code grid, as unsigned 16-bit little-endian numbers in raster order."""
-    return zlib.crc32(np.asarray(codes, "<u2").tobytes())
+def code_checksum(*levels):
+    """CRC-32 of the code grids of one image's levels (top first), as unsigned 16-bit little-endian numbers in
+    raster order, one level after the other."""
+    return zlib.crc32(b"".join(np.asarray(codes, "<u2").tobytes() for codes in levels))
+
+
+def encode_levels(model, metadata, images):
+    """The code grids of images float32 [N, S, S, 1], int32 [N, g, g] per level, top first: (top, bottom) of
+    a hierarchical export, (codes,) of another."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    levels = (model.encode_top(images), model.encode(images)) if metadata["top_grid"] else (model.encode(images),)
+    return tuple(codes.numpy() for codes in levels)
+
+
+def decode_levels(model, levels):
+    """Images float32 [N, S, S, 1] of the code grids of each level, as `encode_levels` gives them."""
+    *top, bottom = (tf.constant(codes, tf.int32) for codes in levels)
+    return model.decode(bottom, *top).numpy()
 
 
 def probabilities(logits):
@@ -78,6 +98,9 @@ class PriorCodec:
         self.model = model
         self.side = metadata["image_size"]
         self.grid = metadata["grid"]
+        # Each level as (its endpoints' prefix, its grid), top first: the order of the codes in a file.
+        top = (("top_prior", metadata["top_grid"]),) if metadata["top_grid"] else ()
+        self.levels = (*top, ("prior", self.grid))
         self.num_codes = metadata["num_codes"]
         self.class_names = metadata["class_names"]
         self.metadata = metadata
@@ -88,32 +111,42 @@ class PriorCodec:
 
     # The prior, one position at a time, on one image (so that no file depends on what it was batched with).
 
-    def _start(self, label):
-        return self.model.prior_start(1, label[None]) if self.class_names else self.model.prior_start(1)
-
     def _autoregress(self, label, next_code):
-        """Codes [G*G] and logits [G*G, K], where the code at each position is `next_code(position, logits)`."""
-        positions = self.grid * self.grid
-        state = self._start(label)
+        """(codes [g*g], logits [g*g, K]) of each level, top first, where the code at each position of level
+        `l` is `next_code(l, position, logits)`; each level after the top is given the codes of the one before."""
+        top, levels = None, []
+        for level, (prefix, grid) in enumerate(self.levels):
+            next_level_code = functools.partial(next_code, level)
+            levels.append(self._autoregress_level(prefix, grid * grid, label, top, next_level_code))
+            top = tf.reshape(levels[-1][0], [1, grid, grid])
+        return levels
+
+    def _autoregress_level(self, prefix, positions, label, top, next_code):
+        """(codes [positions], logits [positions, K]) of the level whose endpoints are PREFIX_start and
+        PREFIX_step, given the top codes `top` [1, T, T] (None for the top level or a one-level model)."""
+        state = getattr(self.model, f"{prefix}_start")(
+            1, *([] if top is None else [top]), *([label[None]] if self.class_names else []))
         codes = tf.TensorArray(tf.int32, size=positions)
         logits = tf.TensorArray(tf.float32, size=positions)
         previous = tf.zeros([1], tf.int32)
         for position in tf.range(positions):
-            outputs = self.model.prior_step(state, position, previous)
+            outputs = getattr(self.model, f"{prefix}_step")(state, position, previous)
             state = {name: tf.ensure_shape(outputs[name], value.shape) for name, value in state.items()}
             previous = next_code(position, outputs["logits"])
             codes = codes.write(position, previous[0])
             logits = logits.write(position, outputs["logits"][0])
         return codes.stack(), logits.stack()
 
-    def _teacher_forced_logits(self, codes, label):
-        return self._autoregress(label, lambda position, logits: codes[position][None])[1]
+    def _teacher_forced_logits(self, levels, label):
+        def given(level, position, logits):
+            return levels[level][position][None]
+        return [logits for _, logits in self._autoregress(label, given)]
 
     def _decoded_codes(self, label):
-        def decode(position, logits):
+        def decode(level, position, logits):
             code = tf.numpy_function(self._decode_one, [logits[0]], tf.int32, stateful=True)
             return tf.reshape(code, [1])
-        return self._autoregress(label, decode)[0]
+        return [codes for codes, _ in self._autoregress(label, decode)]
 
     def _decode_one(self, logits):
         model = constriction.stream.model.Categorical(probabilities(logits), perfect=False)
@@ -124,18 +157,20 @@ class PriorCodec:
     def compress(self, images, labels=None):
         """Files (bytes) for images float32 [N, S, S, 1]; `labels` as from `prior_bits` (conditional only)."""
         images = tf.convert_to_tensor(images, tf.float32)
-        all_codes = self.model.encode(images).numpy().reshape(len(images), -1)
+        all_levels = [codes.reshape(len(images), -1) for codes in encode_levels(self.model, self.metadata, images)]
         if self.class_names and labels is None:
             labels = prior_bits(self.model, self.metadata, images)[1]
         files = []
-        for index, codes in enumerate(all_codes):
+        for index in range(len(images)):
+            levels = [codes[index].astype(np.int32) for codes in all_levels]
             label = int(labels[index]) if self.class_names else 0
-            logits = self._teacher_forced(tf.constant(codes, tf.int32), tf.constant(label, tf.int32)).numpy()
+            all_logits = self._teacher_forced([tf.constant(codes) for codes in levels], tf.constant(label, tf.int32))
             encoder = constriction.stream.queue.RangeEncoder()
-            encoder.encode(codes.astype(np.int32), constriction.stream.model.Categorical(perfect=False),
-                           probabilities(logits))
+            for codes, logits in zip(levels, all_logits):
+                encoder.encode(codes, constriction.stream.model.Categorical(perfect=False),
+                               probabilities(logits.numpy()))
             header = HEADER.pack(MAGIC, VERSION, self.fingerprint, self.side,
-                                 label if self.class_names else NO_LABEL, code_checksum(codes))
+                                 label if self.class_names else NO_LABEL, code_checksum(*levels))
             files.append(header + encoder.get_compressed().astype(">u4").tobytes())
         return files
 
@@ -160,19 +195,20 @@ class PriorCodec:
         return (label if self.class_names else None), checksum, words
 
     def decompress(self, data):
-        """(code grid int32 [G, G], label or None) of one file's bytes; CodecError if it does not decode."""
+        """(code grids, label or None) of one file's bytes: the grids int32 [g, g] of each level, top first as in
+        `encode_levels` ((top, bottom), or (codes,) of a one-level model). CodecError if it does not decode."""
         label, checksum, words = self.read_header(data)
         self._decoder = constriction.stream.queue.RangeDecoder(words)
         try:
-            codes = self._decoded(tf.constant(label or 0, tf.int32)).numpy()
+            levels = [codes.numpy() for codes in self._decoded(tf.constant(label or 0, tf.int32))]
         except tf.errors.OpError as error:
             raise CodecError(f"damaged coded data ({str(error).strip().splitlines()[0][:120]})") from None
         finally:
             self._decoder = None
-        if code_checksum(codes) != checksum:
+        if code_checksum(*levels) != checksum:
             raise CodecError("the decoded codes fail the checksum: the file is damaged, or this platform's "
                              "arithmetic differs from the encoder's")
-        return codes.reshape(self.grid, self.grid), label
+        return tuple(codes.reshape(grid, grid) for codes, (_, grid) in zip(levels, self.levels)), label
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -219,10 +255,10 @@ def decompress_files(codec, given, out, flag="--decompress"):
     started = time.perf_counter()
     for path, name in inputs:
         try:
-            codes, _ = codec.decompress(path.read_bytes())
+            levels, _ = codec.decompress(path.read_bytes())
         except CodecError as error:
             fail(f"{flag} {path}: {error}")
-        image = codec.model.decode(tf.constant(codes[None], tf.int32))[0]
+        image = decode_levels(codec.model, [codes[None] for codes in levels])[0]
         written.append(output_path(out, name.with_suffix(".png")))
         write_bytes(written[-1], png_bytes(image))
         progress.add(1)

@@ -2,12 +2,14 @@
 
 For each export: the actual files of `predict.py --compress` (bytes, next to the prior's ideal -log2 p), a
 check that every file decodes to exactly decode(encode(x)), SSIM and PSNR of the decoded images, and the
-seconds per image to compress and to decompress. For each classical codec (imagecodecs; 8-bit grayscale,
-AVIF as three equal channels with pixel format 400, since its grayscale input is coded losslessly, WebP
-lossy) and each byte budget: per image, the highest quality whose file fits. All against the same float
-images the VQ-VAE sees. Prints one JSON line per point and a summary line: the bits per image the best
-classical codec needs at each export's SSIM (interpolated on its curve), and the ratio to the export's.
-A budget below a codec's smallest possible file for some image is left out of that codec's curve.
+seconds per image to compress and to decompress. Of a hierarchical export (VQ-VAE-2) the files hold both
+levels of codes; its line gives the top grid and the top level's share of the ideal bytes too. For each
+classical codec (imagecodecs; 8-bit grayscale, AVIF as three equal channels with pixel format 400, since its
+grayscale input is coded losslessly, WebP lossy) and each byte budget: per image, the highest quality whose
+file fits. All against the same float images the VQ-VAE sees. Prints one JSON line per point and a summary
+line: the bits per image the best classical codec needs at each export's SSIM (interpolated on its curve),
+and the ratio to the export's. A budget below a codec's smallest possible file for some image is left out
+of that codec's curve.
 
     python -m benchmarks.codec --models saved_models/adni saved_models/adni16 --data /data/ADNI \\
         --plot assets/codec_rd.png
@@ -26,7 +28,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 import dataset
-from codec import PriorCodec, model_fingerprint, prior_bits
+from codec import HEADER, PriorCodec, decode_levels, encode_levels, model_fingerprint, prior_bits
 from export import load_export
 from metrics import psnr, ssim
 from utils import check_figure_path, save_figure
@@ -59,7 +61,8 @@ def test_images(data, image_size, limit):
 
 
 def vqvae_point(path, images):
-    """The export's codec on `images`: one JSON-ready dict."""
+    """The export's codec on `images`: one JSON-ready dict. Of a hierarchical export (top_grid > 0) the files
+    hold both levels of codes, and the ideal bits are both levels'; the top level's share is reported apart."""
     model, metadata = load_export(path)
     codec = PriorCodec(model, metadata, model_fingerprint(path))
     ideal_bits, labels = prior_bits(model, metadata, images)
@@ -69,20 +72,33 @@ def vqvae_point(path, images):
     started = time.perf_counter()
     decoded = [codec.decompress(data)[0] for data in files]
     decompress_seconds = time.perf_counter() - started
-    expected = model.encode(tf.constant(images)).numpy()
-    exact = sum(np.array_equal(codes, reference) for codes, reference in zip(decoded, expected))
-    reconstructions = model.decode(tf.constant(np.stack(decoded), tf.int32)).numpy()
+    expected = encode_levels(model, metadata, images)
+    exact = sum(all(np.array_equal(codes, reference[index]) for codes, reference in zip(levels, expected))
+                for index, levels in enumerate(decoded))
+    reconstructions = decode_levels(model, [np.stack(level) for level in zip(*decoded)])
     sizes = np.array([len(data) for data in files])
-    payload_bits = 8 * (sizes - 14)
-    return {"codec": "VQ-VAE", "model": str(path), "grid": metadata["grid"], "num_codes": metadata["num_codes"],
-            "bytes_mean": float(sizes.mean()), "bpp": float(8 * sizes.mean() / images[0].size),
-            "ideal_bytes_mean": float(ideal_bits.mean() / 8), "header_bytes": 14,
+    payload_bits = 8 * (sizes - HEADER.size)
+    top = {"top_grid": metadata["top_grid"]}
+    if metadata["top_grid"]:
+        top["ideal_top_bytes_mean"] = float(top_prior_bits(model, expected[0], labels).mean() / 8)
+    return {"codec": "VQ-VAE", "model": str(path), "grid": metadata["grid"], **top,
+            "num_codes": metadata["num_codes"], "bytes_mean": float(sizes.mean()),
+            "bpp": float(8 * sizes.mean() / images[0].size), "ideal_bytes_mean": float(ideal_bits.mean() / 8),
+            "header_bytes": HEADER.size,
             "payload_over_ideal_percent": float(100 * (payload_bits.sum() / ideal_bits.sum() - 1)),
             "round_trip_exact": f"{exact}/{len(images)}",
             "ssim": float(ssim(images, reconstructions).numpy().mean()),
             "psnr": float(np.mean(psnr(images, reconstructions).numpy())),
             "compress_seconds_per_image": compress_seconds / len(images),
             "decompress_seconds_per_image": decompress_seconds / len(images)}
+
+
+def top_prior_bits(model, top_codes, labels):
+    """-log2 p of each top grid [N] under a hierarchical export's top prior (with `labels` where conditional)."""
+    logits = model.top_prior_logits(tf.constant(top_codes), *([] if labels is None else [tf.constant(labels)]))
+    log_p = tf.nn.log_softmax(tf.cast(logits, tf.float64))
+    picked = tf.gather(log_p, tf.constant(top_codes), batch_dims=3)
+    return -tf.reduce_sum(picked, axis=[1, 2]).numpy() / np.log(2)
 
 
 def classical_points(name, images, budgets):
@@ -129,7 +145,8 @@ def plot(points, path):
             axis.plot([p["bpp"] for p in curve], [p[metric] for p in curve], marker=".", label=name)
         for p in (p for p in points if p["codec"] == "VQ-VAE"):
             axis.plot(p["bpp"], p[metric], "k*", markersize=12)
-            axis.annotate(f"VQ-VAE {p['grid']}x{p['grid']}, K={p['num_codes']}", (p["bpp"], p[metric]),
+            top = f" + {p['top_grid']}x{p['top_grid']}" if p.get("top_grid") else ""
+            axis.annotate(f"VQ-VAE {p['grid']}x{p['grid']}{top}, K={p['num_codes']}", (p["bpp"], p[metric]),
                           textcoords="offset points", xytext=(6, -12), fontsize=8)
         axis.set_xscale("log")
         axis.set_xlabel("bits per pixel (whole file)")

@@ -1,5 +1,5 @@
 """The codec: exact round trips, file sizes at the prior's ideal rate, and one clear line for every file that
-does not decode (nothing written)."""
+does not decode (nothing written); of one-level exports and hierarchical ones (both levels in one file)."""
 
 import struct
 import zlib
@@ -17,9 +17,8 @@ from conftest import call_main, png_claiming
 from export import load_export
 
 
-@pytest.fixture(scope="module")
-def coded(trained):
-    """(codec, export, test images [N, 32, 32, 1], their files, the folder of test slices) of the tiny run."""
+def coded_run(trained):
+    """(codec, export, test images [N, 32, 32, 1], their files, the folder of test slices) of a tiny run."""
     out, _, data, _ = trained
     model, metadata = load_export(out)
     codec = PriorCodec(model, metadata, model_fingerprint(out))
@@ -28,12 +27,38 @@ def coded(trained):
     return codec, model, images, codec.compress(images), data / "test"
 
 
+@pytest.fixture(scope="module")
+def coded(trained):
+    """`coded_run` of the tiny one-level run."""
+    return coded_run(trained)
+
+
+@pytest.fixture(scope="module")
+def coded_hierarchical(trained_hierarchical):
+    """`coded_run` of the tiny hierarchical run (a 4x4 top grid over the 8x8 grid)."""
+    return coded_run(trained_hierarchical)
+
+
+@pytest.fixture(params=["one level", "hierarchical"])
+def either(request):
+    """(`coded`, `trained`) of the one-level run, then of the hierarchical one."""
+    suffix = "_hierarchical" if request.param == "hierarchical" else ""
+    return request.getfixturevalue(f"coded{suffix}"), request.getfixturevalue(f"trained{suffix}")
+
+
+def decoded_again(model, images):
+    """decode(encode(x)), and of a hierarchical export decode(encode(x), encode_top(x)), from the endpoints."""
+    images = tf.constant(images)
+    top = [model.encode_top(images)] if hasattr(model, "encode_top") else []
+    return model.decode(model.encode(images), *top).numpy()
+
+
 def test_round_trip_is_exact_and_files_cost_what_the_prior_says(coded):
     codec, model, images, files, _ = coded
     expected = model.encode(tf.constant(images)).numpy()
     ideal, labels = prior_bits(model, codec.metadata, images)
     for data, codes, bits, label in zip(files, expected, ideal, labels):
-        decoded, decoded_label = codec.decompress(data)
+        (decoded,), decoded_label = codec.decompress(data)  # one level
         np.testing.assert_array_equal(decoded, codes)
         assert decoded_label == label
         payload_bits = 8 * (len(data) - HEADER.size)
@@ -54,14 +79,63 @@ def test_the_header_holds_what_the_format_says(coded, trained):
         assert checksum == zlib.crc32(grid.astype("<u2").tobytes())
 
 
+def test_a_hierarchical_round_trip_gives_both_levels_exactly_at_the_prior_s_rate(coded_hierarchical):
+    codec, model, images, files, _ = coded_hierarchical
+    tops, bottoms = model.encode_top(tf.constant(images)).numpy(), model.encode(tf.constant(images)).numpy()
+    assert tops.shape[1:] == (4, 4) and bottoms.shape[1:] == (8, 8)
+    ideal, labels = prior_bits(model, codec.metadata, images)
+    for data, top, bottom, bits, label in zip(files, tops, bottoms, ideal, labels):
+        (decoded_top, decoded_bottom), decoded_label = codec.decompress(data)
+        np.testing.assert_array_equal(decoded_top, top)
+        np.testing.assert_array_equal(decoded_bottom, bottom)
+        assert decoded_label == label
+        payload_bits = 8 * (len(data) - HEADER.size)
+        assert bits - 8 <= payload_bits <= 1.03 * bits + 64, (payload_bits, bits)
+
+
+def reference_file(model, fingerprint, image, label):
+    """The file the codec's docstring describes for a hierarchical export, built from its endpoints alone: the
+    header with the CRC-32 of the top codes then the bottom codes, and one range-coded stream of the top codes
+    (top_prior_step) then the bottom codes (prior_step, started with the top codes), one position at a time."""
+    top, bottom = (encode(tf.constant(image[None])).numpy()[0] for encode in (model.encode_top, model.encode))
+    labels = tf.constant([label])
+    encoder = constriction.stream.queue.RangeEncoder()
+    for codes, state, step in ((top, model.top_prior_start(1, labels), model.top_prior_step),
+                               (bottom, model.prior_start(1, tf.constant(top[None]), labels), model.prior_step)):
+        previous = 0
+        for position, code in enumerate(codes.ravel()):
+            outputs = step(state, position, tf.constant([previous], tf.int32))
+            state = {name: outputs[name] for name in state}
+            encoder.encode(int(code), constriction.stream.model.Categorical(probabilities(outputs["logits"][0]),
+                                                                            perfect=False))
+            previous = int(code)
+    checksum = zlib.crc32(top.astype("<u2").tobytes() + bottom.astype("<u2").tobytes())
+    return (struct.pack(">2sB4sHBI", b"VQ", 1, fingerprint, image.shape[0], label, checksum)
+            + encoder.get_compressed().astype(">u4").tobytes())
+
+
+def test_a_hierarchical_file_is_the_header_then_the_top_codes_then_the_bottom_codes(coded_hierarchical,
+                                                                                     trained_hierarchical):
+    codec, model, images, files, _ = coded_hierarchical
+    labels = prior_bits(model, codec.metadata, images)[1]
+    for data, image, label in zip(files, images, labels):
+        assert data == reference_file(model, model_fingerprint(trained_hierarchical[0]), image, int(label))
+
+
+def test_a_file_of_one_model_is_refused_by_the_other(coded, coded_hierarchical):
+    for (codec, *_), (_, _, _, files, _) in ((coded, coded_hierarchical), (coded_hierarchical, coded)):
+        with pytest.raises(CodecError, match="another model"):
+            codec.decompress(files[0])
+
+
 def test_the_stored_label_is_the_class_whose_prior_costs_least(coded):
     codec, model, images, _, _ = coded
     costs = [-model.log_prob(tf.constant(images), tf.fill([len(images)], k)).numpy() for k in (0, 1)]
     np.testing.assert_array_equal(prior_bits(model, codec.metadata, images)[1], np.argmin(np.stack(costs), axis=0))
 
 
-def test_compress_and_decompress_from_the_command_line(coded, trained, tmp_path, capsys):
-    codec, model, _, _, test_folder = coded
+def test_compress_and_decompress_from_the_command_line(either, tmp_path, capsys):
+    (codec, model, _, _, test_folder), trained = either
     inputs = tmp_path / "slices"
     for path in sorted(test_folder.rglob("*.jpeg"))[::5]:  # a few slices of each class, in class folders
         (inputs / path.parent.name).mkdir(parents=True, exist_ok=True)
@@ -79,7 +153,7 @@ def test_compress_and_decompress_from_the_command_line(coded, trained, tmp_path,
     for path in written:
         source = inputs / path.relative_to(tmp_path / "coded").with_suffix(".jpeg")
         image = dataset.decode_image(str(source), codec.side).numpy()[None]
-        expected = np.round(model.decode(model.encode(tf.constant(image))).numpy()[0, ..., 0] * 255)
+        expected = np.round(decoded_again(model, image)[0, ..., 0] * 255)
         png = tmp_path / "decoded" / path.relative_to(tmp_path / "coded").with_suffix(".png")
         np.testing.assert_array_equal(np.asarray(Image.open(png)), expected.astype(np.uint8))
 
@@ -99,15 +173,15 @@ DAMAGES = {
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
-def test_a_file_that_does_not_decode_is_refused_with_the_reason(damage, coded):
-    codec, _, _, files, _ = coded
+def test_a_file_that_does_not_decode_is_refused_with_the_reason(damage, either):
+    codec, _, _, files, _ = either[0]
     change, words = DAMAGES[damage]
     with pytest.raises(CodecError, match=words):
         codec.decompress(change(files[0]))
 
 
-def test_the_command_line_gives_one_line_for_a_damaged_file_and_writes_nothing(coded, trained, tmp_path, capsys):
-    _, _, _, files, _ = coded
+def test_the_command_line_gives_one_line_for_a_damaged_file_and_writes_nothing(either, tmp_path, capsys):
+    (_, _, _, files, _), trained = either
     path = tmp_path / "in" / "slice.vqz"
     path.parent.mkdir()
     path.write_bytes(_flip_a_payload_byte(files[0]))

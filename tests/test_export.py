@@ -1,11 +1,14 @@
-"""The exported SavedModel checks its inputs, called from plain TensorFlow in a process without this project."""
+"""The exported SavedModel checks its inputs, called from plain TensorFlow in a process without this project; a
+hierarchical export's endpoints agree with each other there."""
 
 import json
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
+import dataset
 from conftest import run
 
 # Run in a fresh process on the session's conditional export: each bad call, as (the argument its error must
@@ -150,3 +153,117 @@ def test_inputs_at_the_edges_of_their_ranges_still_work(called):
                 "sample_class label C-1, top_k 1": [2, size, size, 1],
                 "prior_step position 0": [1, num_codes], "prior_step position G*G-1, previous K-1": [1, num_codes]}
     assert {name: results[name]["shape"] for name in expected} == expected
+
+
+# Run in a fresh process on the session's hierarchical (and conditional) export, on the images saved at argv[2]:
+# every endpoint's outputs, saved at argv[3], and the errors of top codes out of range.
+HIERARCHICAL_SCRIPT = textwrap.dedent("""
+    import importlib.util, json, sys, numpy as np, tensorflow as tf
+    for name in ("modules", "prior", "hierarchy", "export"):
+        assert importlib.util.find_spec(name) is None, name  # this project is not importable here
+    model = tf.saved_model.load(sys.argv[1])
+    meta = json.loads(model.metadata().numpy().decode())
+    images = tf.constant(np.load(sys.argv[2]))
+    n, G, T = len(images), meta["grid"], meta["top_grid"]
+    labels = tf.constant(np.arange(n) % len(meta["class_names"]), tf.int32)
+    top, codes = model.encode_top(images), model.encode(images)
+    state, previous, stepped = model.top_prior_start(n, labels), tf.zeros([n], tf.int32), []
+    for position in range(T * T):  # teacher-forced: each step is given the top code before it
+        outputs = model.top_prior_step(state, position, previous)
+        state = {name: outputs[name] for name in state}
+        stepped.append(outputs["logits"])
+        previous = tf.reshape(top, [n, T * T])[:, position]
+    top_logits = model.top_prior_logits(top, labels)
+    arrays = {"top": top, "codes": codes, "decoded": model.decode(codes, top),
+              "reconstructed": model.reconstruct(images), "log_prob": model.log_prob(images, labels),
+              "labels": labels, "top_logits": top_logits, "logits": model.prior_logits(codes, top, labels),
+              "stepped": tf.stack(stepped, axis=1)}
+    np.savez(sys.argv[3], **{name: np.asarray(value) for name, value in arrays.items()})
+
+    K_top = top_logits.shape[-1]
+    def tops(*values):  # one top grid per value, each all zeros but its last code
+        grids = np.zeros((len(values), T, T), np.int32)
+        grids[:, -1, -1] = values
+        return tf.constant(grids)
+    zeros, label = tf.zeros([1, G, G], tf.int32), tf.constant([0])
+    calls = {f"{endpoint} top code {value}": call
+             for value in (-1, K_top, 9999) for endpoint, call in (
+                 ("decode", lambda v=value: model.decode(zeros, tops(v))),
+                 ("prior_logits", lambda v=value: model.prior_logits(zeros, tops(v), label)),
+                 ("prior_start", lambda v=value: model.prior_start(1, tops(v), label)),
+                 ("top_prior_logits", lambda v=value: model.top_prior_logits(tops(v), label)))}
+    errors = {}
+    for name, call in calls.items():
+        try:
+            call()
+            errors[name] = {"error": None}
+        except Exception as error:
+            errors[name] = {"error": type(error).__name__, "message": getattr(error, "message", str(error))}
+    edge = list(model.decode(tf.zeros([2, G, G], tf.int32), tops(0, K_top - 1)).shape)
+    print(json.dumps({"metadata": meta, "errors": errors, "edge": edge}))
+""")
+
+
+@pytest.fixture(scope="module")
+def called_hierarchical(trained_hierarchical, tmp_path_factory):
+    """(the export's metadata, {bad call: its error}, decode's shape at the top codes' edge, {name: array} of
+    the endpoints' outputs) for test slices of the hierarchical run, from a fresh process."""
+    out, _, data, _ = trained_hierarchical
+    folder = tmp_path_factory.mktemp("plain_hierarchical")
+    paths = sorted((data / "test").rglob("*.jpeg"))[::5]
+    np.save(folder / "images.npy", np.stack([dataset.decode_image(str(path), 32).numpy() for path in paths]))
+    result = run([sys.executable, "-c", HIERARCHICAL_SCRIPT, str(out), str(folder / "images.npy"),
+                  str(folder / "outputs.npz")], cwd=folder, env={"PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    with np.load(folder / "outputs.npz") as outputs:
+        return printed["metadata"], printed["errors"], printed["edge"], dict(outputs)
+
+
+def test_a_hierarchical_export_encodes_a_top_grid_and_decodes_both_levels(called_hierarchical):
+    metadata, _, edge, outputs = called_hierarchical
+    n, grid, top_grid = len(outputs["codes"]), metadata["grid"], metadata["top_grid"]
+    assert (grid, top_grid, n) == (8, 4, len(outputs["reconstructed"])) and n >= 2
+    assert outputs["top"].shape == (n, top_grid, top_grid) and outputs["codes"].shape == (n, grid, grid)
+    np.testing.assert_allclose(outputs["decoded"], outputs["reconstructed"], atol=1e-5)
+    assert edge == [2, 32, 32, 1]
+
+
+def _log_likelihood(logits, codes):
+    """The sum over each grid of log-softmax(logits) [N, g, g, K] at `codes` [N, g, g], in float64."""
+    logits = logits.astype(np.float64)
+    peak = logits.max(axis=-1, keepdims=True)
+    log_p = logits - peak - np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True))
+    return np.take_along_axis(log_p, codes[..., None], axis=-1).sum(axis=(1, 2, 3))
+
+
+def test_a_hierarchical_log_prob_is_the_sum_of_both_levels(called_hierarchical):
+    outputs = called_hierarchical[3]
+    expected = (_log_likelihood(outputs["top_logits"], outputs["top"])
+                + _log_likelihood(outputs["logits"], outputs["codes"]))
+    np.testing.assert_allclose(outputs["log_prob"], expected, rtol=1e-4)
+
+
+def test_the_top_prior_step_fed_the_top_codes_reproduces_top_prior_logits(called_hierarchical):
+    outputs = called_hierarchical[3]
+    n, top_grid, num_codes = outputs["top"].shape[0], outputs["top"].shape[1], outputs["top_logits"].shape[-1]
+    full = outputs["top_logits"].reshape(n, top_grid ** 2, num_codes)
+    np.testing.assert_allclose(outputs["stepped"], full, atol=1e-4 * np.abs(full).max())
+
+
+def _named_wrongly(errors, endpoints):
+    return {name: error for name, error in errors.items() if name.split()[0] in endpoints
+            and (error["error"] != "InvalidArgumentError" or "top_codes: expected" not in error["message"])}
+
+
+def test_top_codes_out_of_range_are_an_invalid_argument_error_naming_top_codes(called_hierarchical):
+    errors = called_hierarchical[1]
+    wrong = _named_wrongly(errors, ("decode", "prior_logits", "prior_start"))
+    assert len(errors) == 12 and not wrong, json.dumps(wrong, indent=1)[:4000]
+
+
+@pytest.mark.xfail(strict=True, reason="export.py: top_prior_logits checks its top_codes argument under the name "
+                                       "'codes' (checked_codes' default name)")
+def test_top_prior_logits_names_top_codes_out_of_range(called_hierarchical):
+    wrong = _named_wrongly(called_hierarchical[1], ("top_prior_logits",))
+    assert not wrong, json.dumps(wrong, indent=1)[:4000]
