@@ -195,7 +195,7 @@ def _add_level_endpoints(archive, prior, prefix, codes_spec, with_labels, top_sp
         return labels, top
 
     def logits(codes, *args):
-        codes = checked_codes(codes, num_codes)
+        codes = checked_codes(codes, num_codes, codes_spec.name)
         return prior.logits(codes, *extras(args, tf.shape(codes)[0]))
 
     def start(n, *args):

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 import settings
-from codec import PriorCodec, model_fingerprint
+from codec import PriorCodec, decode_levels, model_fingerprint
 from export import load_export
 from prior import GatedPixelCNN
 
@@ -49,8 +49,9 @@ def codec_seconds(path):
     """(seconds to compress, seconds to decompress) one image with the export at `path`."""
     model, metadata = load_export(path)
     codec = PriorCodec(model, metadata, model_fingerprint(path))
-    codes = np.random.default_rng(0).integers(0, metadata["num_codes"], (1, metadata["grid"], metadata["grid"]))
-    image = model.decode(tf.constant(codes, tf.int32)).numpy()
+    rng = np.random.default_rng(0)
+    sides = [metadata["top_grid"], metadata["grid"]] if metadata["top_grid"] else [metadata["grid"]]
+    image = decode_levels(model, [rng.integers(0, metadata["num_codes"], (1, side, side)) for side in sides])
     files = codec.compress(image)
     codec.decompress(files[0])
     start = time.perf_counter()

@@ -262,8 +262,6 @@ def test_top_codes_out_of_range_are_an_invalid_argument_error_naming_top_codes(c
     assert len(errors) == 12 and not wrong, json.dumps(wrong, indent=1)[:4000]
 
 
-@pytest.mark.xfail(strict=True, reason="export.py: top_prior_logits checks its top_codes argument under the name "
-                                       "'codes' (checked_codes' default name)")
 def test_top_prior_logits_names_top_codes_out_of_range(called_hierarchical):
     wrong = _named_wrongly(called_hierarchical[1], ("top_prior_logits",))
     assert not wrong, json.dumps(wrong, indent=1)[:4000]
