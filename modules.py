@@ -17,6 +17,9 @@ from metrics import mean_ssim, perplexity, psnr
 
 PACKAGE = "brain_vqvae"
 CLEAN_SHARE = 0.25  # the share of training images that a VQ-VAE trained with noise sees without it
+# The weight of the top level's own prediction in the loss: enough to keep the top codes in use (without it, a
+# default run's top codebook collapsed to 2-3 codes), little enough to leave the reconstruction its share.
+TOP_HEAD_WEIGHT = 0.1
 
 Quantized = collections.namedtuple("Quantized", ["vectors", "indices", "loss"])
 Quantized.__doc__ = """What `VectorQuantizer.quantize_vectors` returns: the quantised vectors (straight-through
@@ -277,8 +280,8 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
     the bottom grid's vectors t stride-2 steps further to a top grid, quantised with a codebook of its own;
     what the top codes say at the bottom grid (`build_top_decoder`) joins the bottom vectors before the bottom
     quantiser and the bottom codes before the decoder. A 1x1 head on that alone predicts the image averaged
-    over each bottom code's pixels (its squared error, `top_mse`, is added to the loss), so the top codes
-    carry the slice's layout, which a prior over the small top grid then draws before the detail.
+    over each bottom code's pixels (its squared error, `top_mse`, weighted TOP_HEAD_WEIGHT, joins the loss), so
+    the top codes carry the slice's layout, which a prior over the small top grid then draws before the detail.
 
     `fit` and `evaluate` take batches of images [N, S, S, 1] in [0, 1] (or (images, labels) pairs, whose
     labels are ignored) and track the loss, its reconstruction and VQ parts, MSE, SSIM, PSNR, the codebook's
@@ -422,7 +425,7 @@ class VQVAETrainer(ArgumentsAsConfig, keras.Model):
             # The top level alone predicts the image averaged over each code's pixels.
             coarse = ops.average_pool(images, self.downsampling_factor, self.downsampling_factor)
             losses["top_mse"] = ops.mean((self.top_head(context) - coarse) ** 2)
-            losses["loss"] += losses["top_mse"]
+            losses["loss"] += TOP_HEAD_WEIGHT * losses["top_mse"]
         return reconstructions, indices, losses
 
     def _update_metrics(self, images, reconstructions, indices, losses):
