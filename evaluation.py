@@ -92,7 +92,7 @@ def evaluate_split(model, metadata, model_path, data, split, metrics_path, out):
     source, decoded = load_split("--evaluate", data, split, config, metadata["image_size"])
     log_prob = prior_scorer(model, metadata, source.class_names)
     summary, per_image, counts = evaluate_reconstructions(model, dataset.batched(decoded.images, 32),
-                                                         metadata["num_codes"], log_prob)
+                                                         metadata["num_codes"], log_prob, metadata["top_grid"])
     summary.update(data=source.root, source=source.kind, split=split, model=str(model_path))
     paths = {"metrics": metrics_path,
              "csv": out / f"evaluation_{split}.csv",

@@ -40,12 +40,13 @@ def perplexity(counts):
     return ops.exp(-ops.sum(probs * ops.log(ops.maximum(probs, 1e-12))))
 
 
-def evaluate_reconstructions(model, dataset, num_codes, log_prob=None):
+def evaluate_reconstructions(model, dataset, num_codes, log_prob=None, top_grid=0):
     """Reconstruct every image of a batched (images, labels) dataset through the codebook.
 
     `model` is a VQVAETrainer or the exported SavedModel (anything with encode and reconstruct); `log_prob`, if
-    given, maps (images, labels) to each image's log-likelihood under the prior. Returns (summary dict,
-    per-image dict of numpy arrays, code counts). MS-SSIM (5 scales) needs images of at least 161 pixels.
+    given, maps (images, labels) to each image's log-likelihood under the prior, whose bits are spread over the
+    image's codes (of a two-level model with a top grid of `top_grid` a side, both levels'). Returns (summary
+    dict, per-image dict of numpy arrays, code counts). MS-SSIM (5 scales) needs images of at least 161 pixels.
     """
     per_image = {"ssim": [], "psnr": [], "mse": [], "ms_ssim": [], "bits_per_code": []}
     counts = np.zeros(num_codes, np.int64)
@@ -58,7 +59,7 @@ def evaluate_reconstructions(model, dataset, num_codes, log_prob=None):
         if images.shape[1] >= 161:
             per_image["ms_ssim"].append(tf.image.ssim_multiscale(images, reconstructions, max_val=1.0).numpy())
         if log_prob is not None:
-            positions = codes.shape[1] * codes.shape[2]
+            positions = codes.shape[1] * codes.shape[2] + top_grid ** 2
             per_image["bits_per_code"].append(-log_prob(images, labels).numpy() / (positions * np.log(2.0)))
         counts += np.bincount(codes.numpy().reshape(-1), minlength=num_codes)
     per_image = {name: np.concatenate(values) for name, values in per_image.items() if values}
