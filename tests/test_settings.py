@@ -37,6 +37,9 @@ def changed(value):
     (["--slices", "central:2"], "--slices 'central:2': expected all"),
     (["--max-minutes", "0"], "--max-minutes 0.0: expected a finite positive number"),
     (["--ema-decay", "1"], "--ema-decay 1.0: expected 0 (off) or a value in (0, 1)"),
+    (["--top-downsamplings", "6"], "--top-downsamplings 6: expected 2^top-downsamplings to divide the code grid's "
+                                   "side, 32"),
+    (["--top-downsamplings", "9"], "--top-downsamplings 9: expected 0 or a positive integer up to 8"),
 ])
 def test_values_no_run_can_use_are_refused_with_one_line(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
