@@ -22,7 +22,7 @@ Always:
 With a prior (has_prior):
     sample(n, temperature, seed, top_k, top_p, keep_background) -> images. top_k 0 and top_p 1 keep every
         code; keep_background True makes temperature, top_k and top_p reshape only the codes that are not
-        those of an empty image, which keep the prior's probability (`prior.filter_logits`). A conditional
+        those of an empty image, which keep the prior's probability (`sampling.filter_logits`). A conditional
         prior draws each image's class in proportion to class_counts. A hierarchy draws its top codes, then
         its bottom codes given them, with the same controls.
     sample_class(n, label, temperature, seed, top_k, top_p, keep_background) -> images of one class

@@ -47,7 +47,7 @@ class HierarchicalPrior(keras.Model):
         """(top [n, T, T], bottom [n, G, G]) int32 code grids: the top drawn first, then the bottom given it.
 
         The controls apply to both levels, each with its own `background` codes (a pair, see
-        `prior.filter_logits`). The top draws with the seed `seed`, the bottom with `-1 - seed`, so that no
+        `sampling.filter_logits`). The top draws with the seed `seed`, the bottom with `-1 - seed`, so that no
         two seeds share a stream of draws.
         """
         top = self.top.sample(n, labels, temperature, seed, top_k=top_k, top_p=top_p, background=background[0])
