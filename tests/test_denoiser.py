@@ -154,7 +154,7 @@ def test_the_exported_endpoint_equals_the_layer(tmp_path):
     vqvae.decoder.get_layer("up1").bias.assign([0.5])  # untrained, it decodes about 0: no head to denoise
     images = slices(8, seed=5)
     layer = fit_denoiser(vqvae, images, levels=(0.0, 0.1))
-    metadata = {"image_size": SIDE, "grid": 8, "num_codes": 16, "has_prior": False, "class_names": [],
+    metadata = {"image_size": SIDE, "grid": 8, "top_grid": 0, "num_codes": 16, "has_prior": False, "class_names": [],
                 "class_counts": [], "has_texture": False, "has_denoiser": True}
     export_savedmodel(vqvae, tmp_path / "model", SIDE, metadata, denoiser=layer)
     noisy = np.clip(noise.rician_noise(images[:3], [0.05, 0.1, 0.2], 1).numpy(), 0, 1)
