@@ -409,7 +409,8 @@ def run_reconstruct_volume(args):
         fail(f"--reconstruct-volume {error}")
     if trip.note:
         print(trip.note)
-    code_bits = int(trip.codes.size * math.log2(metadata["num_codes"]))
+    codes = trip.codes.size * (1 + (metadata["top_grid"] / metadata["grid"]) ** 2)  # and the top level's
+    code_bits = int(codes * math.log2(metadata["num_codes"]))
     volumes.write_volume(out, trip.reconstruction)
     title = (f"reconstruction: SSIM {trip.ssim:.3f}, PSNR {trip.psnr:.1f} dB over {trip.brain_slices} {axis} "
              f"brain slices")

@@ -4,6 +4,7 @@ scikit-image, brainless slices left out, subject ids from file names, and a clea
 import csv
 import gzip
 import json
+import re
 import shutil
 
 import nibabel as nib
@@ -340,3 +341,16 @@ def test_reconstruct_volume_names_a_volume_without_brain_or_too_small_in_one_lin
         [line] = result.stderr.strip().splitlines()
         assert line.startswith(f"error: --reconstruct-volume {tmp_path / name}: ") and words in line
         assert not out.exists()
+
+
+def test_a_two_level_model_reconstructs_a_volume_and_counts_both_levels_codes(trained_hierarchical, tmp_path, capsys):
+    """The round trip through both levels, and the raw size of the codes: every brain slice's 8 x 8 bottom and
+    4 x 4 top codes of log2(16) = 4 bits each (TINY: 32-pixel slices, 16 codes)."""
+    source = write_pir_head(tmp_path / "scan.nii.gz")
+    out = tmp_path / "recon.nii.gz"
+    result = call_main(predict.main, ["--model", str(trained_hierarchical[0]), "--reconstruct-volume",
+                                      str(tmp_path / "scan.nii.gz"), "--out", str(out)], capsys)
+    assert result.returncode == 0, result.stderr
+    slices = int(re.search(r"brain slices of (\d+)", result.stdout).group(1))
+    assert f"code grids {slices * (8 * 8 + 4 * 4) * 4:,} bits raw" in result.stdout
+    assert nib.load(out).shape == source.shape
