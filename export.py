@@ -59,8 +59,8 @@ from utils import first_line
 
 REQUIRED_ENDPOINTS = ("encode", "decode", "reconstruct", "metadata")
 PRIOR_ENDPOINTS = ("sample", "prior_logits", "log_prob", "prior_start", "prior_step")
-METADATA_KEYS = ("image_size", "grid", "top_grid", "num_codes", "class_names", "class_counts", "has_prior", "has_texture",
-                 "has_denoiser")
+METADATA_KEYS = ("image_size", "grid", "top_grid", "num_codes", "class_names", "class_counts", "has_prior",
+                 "has_texture", "has_denoiser")
 SCALARS = {"n": tf.int32, "label": tf.int32, "temperature": tf.float32, "seed": tf.int32, "top_k": tf.int32,
            "top_p": tf.float32, "keep_background": tf.bool, "position": tf.int32}
 SAMPLING = ("temperature", "seed", "top_k", "top_p", "keep_background")

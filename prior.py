@@ -463,7 +463,8 @@ def _condition_net(condition_codes, condition_grid, grid_size, channels):
     top = keras.Input((condition_grid, condition_grid), dtype="int32", name="top_codes")
     x = layers.Embedding(condition_codes, channels, name="top_embedding")(top)
     for k in range(max(1, math.ceil(math.log2(condition_grid)))):
-        x = layers.Conv2D(channels, 3, padding="same", dilation_rate=2 ** k, activation="relu", name=f"top_conv{k + 1}")(x)
+        x = layers.Conv2D(channels, 3, padding="same", dilation_rate=2 ** k, activation="relu",
+                          name=f"top_conv{k + 1}")(x)
     x = layers.UpSampling2D(grid_size // condition_grid, name="to_bottom_grid")(x)
     x = layers.Conv2D(channels, 3, padding="same", activation="relu", name="bottom_conv")(x)
     return keras.Model(top, x, name="condition_net")

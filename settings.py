@@ -211,7 +211,7 @@ SETTINGS = (
 
     _setting("out", "outputs", default="saved_models/vqvae", help="SavedModel folder (default: %(default)s)"),
     _setting("logdir", "outputs", default="logs",
-             help="TensorBoard folder; vqvae/ and prior/ go inside (default: %(default)s)"),
+             help="TensorBoard folder; vqvae/, prior/ (and top_prior/ with two levels) inside (default: %(default)s)"),
 )
 
 

@@ -82,8 +82,8 @@ def test_the_likelihood_is_both_levels_and_a_saved_prior_loads_equal(tmp_path):
     assert np.abs(prior.bottom.logits(bottom, labels, (top + 1) % 5).numpy() - bottom_logits.numpy()).max() > 1e-4
     prior.save(tmp_path / "p.keras")
     loaded = keras.models.load_model(tmp_path / "p.keras")
-    np.testing.assert_allclose(loaded.log_prob(top, bottom, labels).numpy(), prior.log_prob(top, bottom, labels).numpy(),
-                               rtol=1e-6)
+    expected = prior.log_prob(top, bottom, labels).numpy()
+    np.testing.assert_allclose(loaded.log_prob(top, bottom, labels).numpy(), expected, rtol=1e-6)
 
 
 def test_draws_follow_the_seed_and_the_bottom_is_drawn_given_the_top():

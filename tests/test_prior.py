@@ -83,7 +83,9 @@ def test_cached_sampler_draws_the_same_codes_as_full_recompute(attention_layers,
     model = tiny_prior(num_classes=2, attention_layers=attention_layers, attention_pool=attention_pool,
                        conditioned=conditioned)
     labels = tf.constant([0, 1, 1])
-    top = tf.constant(np.random.default_rng(3).integers(0, 5, (3, TOP_GRID, TOP_GRID)), tf.int32) if conditioned else None
+    top = None
+    if conditioned:
+        top = tf.constant(np.random.default_rng(3).integers(0, 5, (3, TOP_GRID, TOP_GRID)), tf.int32)
     cached = tf.function(lambda: model.sample(3, labels, temperature=1.0, seed=7, top=top))()
     full = tf.function(lambda: model.sample(3, labels, temperature=1.0, seed=7, cached=False, top=top))()
     np.testing.assert_array_equal(cached.numpy(), full.numpy())
