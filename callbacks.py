@@ -9,6 +9,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from hierarchy import HierarchicalPrior
+
 
 class TrainingClock(keras.callbacks.Callback):
     """Time the training steps (not validation) and stop cleanly once `minutes` of training have passed.
@@ -95,14 +97,9 @@ class PriorSamples(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(str(Path(logdir) / "validation"))
 
     def on_train_begin(self, logs=None):
-        self.sample = tf.function(self._levels)
-
-    def _levels(self, seed):
-        n = len(self.labels)
-        if self.top_prior is None:
-            return (self.model.sample(n, self.labels, seed=seed),)
-        top = self.top_prior.sample(n, self.labels, seed=seed)
-        return top, self.model.sample(n, self.labels, seed=-1 - seed, top=top)
+        prior = self.model if self.top_prior is None else HierarchicalPrior(self.top_prior, self.model)
+        levels = (lambda codes: codes) if self.top_prior is not None else (lambda codes: (codes,))
+        self.sample = tf.function(lambda seed: levels(prior.sample(len(self.labels), self.labels, seed=seed)))
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every and epoch + 1 != self.params["epochs"]:
