@@ -8,9 +8,8 @@ Five sources, each split by patient so that no patient is in two splits:
 - `folder`: any folder of images (in class subfolders or not), split by the patient id in the file name.
 - `volumes`: NIfTI or Analyze volumes below a folder (class subfolders or not), split by the subject in the
   file name, sliced along one axis (`volumes`).
-- `demo`: the embedded default, a small virtual cohort made from the MNI ICBM152 T1 template that ships inside
-  nilearn (demo.py). It needs no download, is cached as NIfTI volumes after the first build, and is read as
-  the `volumes` source reads users' scans.
+- `demo`: the embedded default, a virtual cohort made from the MNI ICBM152 T1 template inside nilearn (demo.py),
+  cached as NIfTI volumes after the first build and read as the `volumes` source reads users' scans.
 
 Every image becomes grayscale float32 in [0, 1] (transparency on black background, 16-bit PNGs scaled by the
 bits their data uses: images.py), padded with background to a square, then resized.
@@ -41,10 +40,8 @@ PATIENT_PATTERN = re.compile(r"^(?P<patient>.+?)(?:_slice)?_(?P<slice>\d+)(?:\.n
 
 
 class DataError(Exception):
-    """Input data that cannot be used; the message starts with the path and says what was expected.
-
-    The command-line tools put the flag that named the data in front of it.
-    """
+    """Input data that cannot be used; the message starts with the path and says what was expected (the
+    command-line tools put the flag that named the data in front of it)."""
 
 
 class UnreadableImages(DataError):
@@ -470,27 +467,29 @@ def describe_data_change(saved, now):
     return "the splits differ"
 
 
-def epochs_of_batches(dataset, batch_size, seed, first_epoch, last_epoch):
+def epochs_of_batches(dataset, batch_size, seed, first_epoch, last_epoch, augment=None):
     """Full shuffled batches for epochs first_epoch .. last_epoch - 1 as one stream (fit with steps_per_epoch).
 
     Each epoch's order depends only on (seed, epoch), so a run resumed at any epoch sees exactly the batches
     that an uninterrupted run would have seen from there on. Each epoch is shuffled only when the stream
-    reaches it, so a run of any number of epochs starts at once.
-    """
+    reaches it, so a run of any number of epochs starts at once. `augment(element, stateless seed)`, if given,
+    changes each element with a seed of its own, from (seed, epoch, its place in the epoch): resumable too."""
     def epoch_of_batches(epoch):
         # Traced once for all epochs: `epoch` is a tensor. Inside a trace set_seed clears this function's own
         # graph-level seed (not the global one): the order then depends on (seed, epoch) alone, and TensorFlow
         # does not compare a global seed of 0 with the tensor seed in Python, which fails in a trace.
         tf.random.set_seed(None)
-        return dataset.shuffle(10_000, seed=seed * 1_000_003 + epoch).batch(batch_size, drop_remainder=True)
+        shuffled = dataset.shuffle(10_000, seed=seed * 1_000_003 + epoch)
+        if augment is not None:
+            shuffled = shuffled.enumerate().map(lambda i, element: augment(element, [seed * 1_000_003 + epoch, i]))
+        return shuffled.batch(batch_size, drop_remainder=True)
 
     epochs = max(0, last_epoch - first_epoch)
     stream = tf.data.Dataset.range(first_epoch, first_epoch + epochs).flat_map(epoch_of_batches)
     steps = int(dataset.cardinality()) // batch_size
     if steps >= 0:  # a known size: Keras and tf.distribute can then count the steps
         stream = stream.apply(tf.data.experimental.assert_cardinality(epochs * steps))
-    options = tf.data.Options()
-    # Multi-worker training splits this in-memory stream by batches, not by files.
+    options = tf.data.Options()  # multi-worker training splits this in-memory stream by batches, not files
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return stream.with_options(options).prefetch(tf.data.AUTOTUNE)
 

@@ -20,14 +20,21 @@ class HierarchicalPrior(keras.Model):
         super().__init__(**kwargs)
         self.top = top if isinstance(top, GatedPixelCNN) else keras.saving.deserialize_keras_object(top)
         self.bottom = bottom if isinstance(bottom, GatedPixelCNN) else keras.saving.deserialize_keras_object(bottom)
-        if self.bottom.condition_grid != self.top.grid_size or self.top.num_classes != self.bottom.num_classes:
-            raise ValueError("the bottom prior must be conditioned on the top prior's grid, with the same classes")
+        if (self.bottom.condition_grid != self.top.grid_size or self.top.num_classes != self.bottom.num_classes
+                or self.top.scan_orders != self.bottom.scan_orders):
+            raise ValueError("the bottom prior must be conditioned on the top prior's grid, with the same classes "
+                             "and scan orders")
         self.built = True
 
     @property
     def num_classes(self):
         """The number of classes both levels are conditional on (0: none)."""
         return self.top.num_classes
+
+    @property
+    def scan_orders(self):
+        """The scan orders both levels learnt (`orders`)."""
+        return self.top.scan_orders
 
     @property
     def num_codes(self):

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from keras import layers, ops
 
+from attention import RowCausalAttention
 from modules import PACKAGE, ArgumentsAsConfig
 from sampling import draw
 
@@ -139,70 +140,6 @@ class GatedPixelCNNBlock(ArgumentsAsConfig, layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class RowCausalAttention(ArgumentsAsConfig, layers.Layer):
-    """Self-attention inside the vertical stack, for global structure (as in PixelSNAIL, Chen et al. 2018):
-    each position attends to every position in its own row and the rows above, with a learnt position
-    embedding, added back to the features (pre-norm residual).
-
-    The vertical stack may see rows <= i at row i (the link to the horizontal stack is shifted one row down),
-    so masking by row keeps the prior causal, and the row-cached sampler runs it on the rows so far. For the
-    same reason `pool` columns of a row may be averaged into one token, queries and keys alike, and the
-    token's output given back to each of its columns: attention then costs about `pool`^2 times less, while
-    the convolutions keep the detail within a row. (The last token of a row averages fewer columns when `pool`
-    does not divide the grid.)
-    """
-
-    def __init__(self, channels, grid_size, heads=2, pool=1, **kwargs):
-        super().__init__(**kwargs)
-        if pool < 1:
-            raise ValueError(f"pool {pool}: expected a positive number of columns")
-        self.keep(channels=channels, grid_size=grid_size, heads=heads, pool=pool)
-        self.tokens_per_row = -(-grid_size // pool)
-        self.norm = layers.LayerNormalization(name="norm")
-        self.attention = layers.MultiHeadAttention(heads, key_dim=max(1, channels // heads), name="attention")
-
-    def build(self, input_shape):
-        g, c = self.grid_size, self.channels
-        self.position = self.add_weight(shape=(g, g, c), initializer=keras.initializers.RandomNormal(stddev=0.02),
-                                        name="position")
-        self.norm.build((None, None, None, c))
-        self.attention.build((None, None, c), (None, None, c))
-
-    def call(self, v):
-        n, rows, tokens = ops.shape(v)[0], ops.shape(v)[1], self.tokens_per_row
-        flat = ops.reshape(self._tokens(v), (n, rows * tokens, self.channels))
-        row_of = ops.arange(rows * tokens) // tokens
-        visible = ops.broadcast_to(row_of[None, :, None] >= row_of[None, None, :], (n, rows * tokens, rows * tokens))
-        attended = self.attention(flat, flat, attention_mask=visible)
-        return v + self._to_columns(ops.reshape(attended, (n, rows, tokens, self.channels)))
-
-    def row_step(self, v, i):
-        """`call` for row i only, [N, 1, G, C], from `v` [N, G, G, C] whose rows after i are never read (the
-        cached sampler holds zeros there)."""
-        n, g, tokens = ops.shape(v)[0], self.grid_size, self.tokens_per_row
-        keys = ops.reshape(self._tokens(v), (n, g * tokens, self.channels))
-        query = ops.take(keys, ops.arange(tokens) + i * tokens, axis=1)
-        visible = ops.broadcast_to((ops.arange(g * tokens) // tokens <= i)[None, None, :], (n, tokens, g * tokens))
-        attended = self.attention(query, keys, attention_mask=visible)
-        return ops.take(v, ops.reshape(i, (1,)), axis=1) + self._to_columns(attended[:, None])
-
-    def _tokens(self, v):
-        """The normalised features with position, averaged over each `pool` columns: [N, rows, tokens, C]."""
-        normed = self.norm(v + ops.cast(self.position[:ops.shape(v)[1]], v.dtype))
-        if self.pool == 1:
-            return normed
-        n, rows, tokens = ops.shape(v)[0], ops.shape(v)[1], self.tokens_per_row
-        columns = ops.pad(normed, [[0, 0], [0, 0], [0, tokens * self.pool - self.grid_size], [0, 0]])
-        sums = ops.sum(ops.reshape(columns, (n, rows, tokens, self.pool, self.channels)), axis=3)
-        counts = [[min(self.pool, self.grid_size - self.pool * token)] for token in range(tokens)]
-        return sums / ops.convert_to_tensor(counts, sums.dtype)
-
-    def _to_columns(self, tokens):
-        """Each token's features given to each of its columns: [N, rows, G, C]."""
-        return ops.repeat(tokens, self.pool, axis=2)[:, :, :self.grid_size] if self.pool > 1 else tokens
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
 class GatedPixelCNN(ArgumentsAsConfig, keras.Model):
     """Autoregressive prior p(codes) = prod_p p(code_p | codes before p in raster order[, class label]).
 
@@ -216,18 +153,23 @@ class GatedPixelCNN(ArgumentsAsConfig, keras.Model):
     codes an int grid [N, T, T] of `condition_codes` codes given whole. They are embedded, passed through
     3x3 convolutions dilated 1, 2, ..., T/2 (so every top position reaches every other) and upsampled to the
     grid, and every block adds that map inside its gates. Inputs are then (codes, top codes[, labels]).
+
+    With `scan_orders` 8 it is trained on grids turned by each symmetry of the square (`orders.orient`), its
+    order a condition: the class embedding then has a row per (order, class), and the labels that `call`
+    takes are `network_labels`. Order 0 is the grid as it is; sampling draws in it.
     """
 
     def __init__(self, num_codes=256, grid_size=32, channels=64, num_layers=10, num_classes=0, attention_layers=0,
-                 attention_pool=1, dropout=0.0, condition_grid=0, condition_codes=0, **kwargs):
+                 attention_pool=1, dropout=0.0, condition_grid=0, condition_codes=0, scan_orders=1, **kwargs):
         super().__init__(**kwargs)
         self.keep(num_codes=num_codes, grid_size=grid_size, channels=channels, num_layers=num_layers,
                   num_classes=num_classes, attention_layers=attention_layers, attention_pool=attention_pool,
-                  dropout=dropout, condition_grid=condition_grid, condition_codes=condition_codes)
+                  dropout=dropout, condition_grid=condition_grid, condition_codes=condition_codes,
+                  scan_orders=scan_orders)
         cycle = max(1, math.ceil(math.log2(grid_size)))
         self.embedding = layers.Embedding(num_codes, channels, name="code_embedding")
         self.blocks = [GatedPixelCNNBlock(channels, dilation=2 ** (i % cycle), first=i == 0,
-                                          num_classes=num_classes, dropout=dropout, conditioned=self.conditioned,
+                                          num_classes=self.label_count, dropout=dropout, conditioned=self.conditioned,
                                           name=f"gated_block{i + 1}")
                        for i in range(num_layers)]
         if self.conditioned:
@@ -250,16 +192,29 @@ class GatedPixelCNN(ArgumentsAsConfig, keras.Model):
         """Whether this prior is conditioned on a top level's codes (the bottom prior of a hierarchy)."""
         return bool(self.condition_grid)
 
+    @property
+    def label_count(self):
+        """How many labels the network tells apart: (scan order, class) pairs, or classes (0: none)."""
+        return max(self.num_classes, 1) * self.scan_orders if self.scan_orders > 1 else self.num_classes
+
+    def network_labels(self, labels, order, count):
+        """The labels the network reads [count] (None if none): order * classes + class, of the class
+        `labels` [count] (None: class 0) and the scan `order` (an int or [count])."""
+        if not self.label_count:
+            return None
+        labels = tf.zeros((count,), tf.int32) if labels is None or not self.num_classes else tf.cast(labels, tf.int32)
+        return labels + tf.cast(order, tf.int32) * max(self.num_classes, 1) if self.scan_orders > 1 else labels
+
     def _split(self, inputs):
         """(codes, labels or None, top codes or None) of `codes` or (codes[, top codes][, labels])."""
         parts = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-        if len(parts) == 2 and not self.conditioned and not self.num_classes:
+        if len(parts) == 2 and not self.conditioned and not self.label_count:
             parts = parts[:1]  # labels given to a prior that is not class-conditional: ignored
-        if len(parts) != 1 + self.conditioned + bool(self.num_classes):
+        if len(parts) != 1 + self.conditioned + bool(self.label_count):
             expected = ", ".join(["codes", *(["top codes"] if self.conditioned else []),
-                                  *(["labels"] if self.num_classes else [])])
+                                  *(["labels"] if self.label_count else [])])
             raise ValueError(f"this prior takes ({expected})")
-        return parts[0], (parts[-1] if self.num_classes else None), (parts[1] if self.conditioned else None)
+        return parts[0], (parts[-1] if self.label_count else None), (parts[1] if self.conditioned else None)
 
     def condition_map(self, top):
         """The conditioning map [N, G, G, channels] of top codes [N, T, T] (None for a prior without them)."""
@@ -295,15 +250,17 @@ class GatedPixelCNN(ArgumentsAsConfig, keras.Model):
         condition = self.condition_map(top)
         return self.horizontal_logits(embedded, self.vertical_links(embedded, labels, condition), labels, condition)
 
-    def inputs_of(self, codes, labels=None, top=None):
-        """What `call` takes for `codes`, given the labels and top codes, each ignored where not used."""
-        extras = ([top] if self.conditioned else []) + ([labels] if self.num_classes else [])
+    def inputs_of(self, codes, labels=None, top=None, order=0):
+        """What `call` takes for `codes` in scan `order`, given the class labels and top codes, each ignored
+        where not used (`codes` and `top` already turned by `order`)."""
+        labels = self.network_labels(labels, order, tf.shape(codes)[0])
+        extras = ([top] if self.conditioned else []) + ([labels] if self.label_count else [])
         return (codes, *extras) if extras else codes
 
-    def logits(self, codes, labels=None, top=None):
-        """`call` with the labels and top codes as arguments of their own, ignored by a prior that does not
-        use them."""
-        return self(self.inputs_of(codes, labels, top))
+    def logits(self, codes, labels=None, top=None, order=0):
+        """`call` with the labels, top codes and scan order as arguments of their own, ignored by a prior that
+        does not use them."""
+        return self(self.inputs_of(codes, labels, top, order))
 
     def log_prob(self, codes, labels=None, top=None):
         """The natural-log likelihood of each code grid [N]: the sum over positions of `log_likelihood`."""
@@ -324,17 +281,28 @@ class GatedPixelCNN(ArgumentsAsConfig, keras.Model):
         labels = ops.cast(labels, "int32") if self.num_classes else None
         if not cached:
             return self._sample_by_full_passes(n, labels, temperature, seed, top_k, top_p, background, top)
+        return self.scan(n, lambda logits, i, j: draw(logits, i * g + j, temperature, top_k, top_p, background, seed),
+                         labels, top)
+
+    def scan(self, n, choose, labels=None, top=None, order=0):
+        """`n` code grids [n, G, G] made in raster order by the cached prior: the code at (i, j) is
+        `choose(logits [n, K], i, j)`, given the prior's logits there for the codes chosen before it. (The
+        grids are in scan `order`, and so must the top codes be.)"""
+        g = self.grid_size
         rows = tf.TensorArray(tf.int32, size=g)
-        state = {"labels": labels if self.num_classes else tf.zeros((n,), tf.int32),
-                 "row": tf.zeros((n, g), tf.int32), **self._condition_state(top), **self._empty_caches(n)}
+        state = {"labels": self._state_labels(labels, order, n), "row": tf.zeros((n, g), tf.int32),
+                 **self._condition_state(top), **self._empty_caches(n)}
         for i in tf.range(g):
             for j in tf.range(g):
                 state, logits = self.logits_at(state, i, j)
-                drawn = draw(logits, i * g + j, temperature, top_k, top_p, background, seed)
-                state = self.record(state, j, drawn)
+                state = self.record(state, j, choose(logits, i, j))
             rows = rows.write(i, state["row"])
             state = self.finish_row(state, i)
         return tf.transpose(rows.stack(), (1, 0, 2))
+
+    def _state_labels(self, labels, order, n):
+        labels = self.network_labels(labels, order, n)
+        return tf.zeros((n,), tf.int32) if labels is None else labels
 
     def _sample_by_full_passes(self, n, labels, temperature, seed, top_k, top_p, background, top):
         g = self.grid_size
@@ -354,12 +322,12 @@ class GatedPixelCNN(ArgumentsAsConfig, keras.Model):
     # position the horizontal stack computes that position alone: constant work per position. Caches are
     # laid out slot-first, so an update writes one slice, and shapes are static but for the batch.
 
-    def initial_state(self, n, labels=None, top=None):
+    def initial_state(self, n, labels=None, top=None, order=0):
         """What `step` starts from for `n` code grids: a flat dict (a SavedModel signature can carry it) of
         the class `labels` (int32 [n]) of a conditional prior, the current row's codes, every cache packed
         into one tensor [n, ...] (few tensors keep the cost of each call low) and, for a conditioned prior, the
         `condition_map` of the `top` codes."""
-        return {"labels": tf.zeros((n,), tf.int32) if labels is None else tf.cast(labels, tf.int32),
+        return {"labels": self._state_labels(labels, order, n),
                 "row": tf.zeros((n, self.grid_size), tf.int32), **self._condition_state(top),
                 "caches": self._pack(self._empty_caches(n))}
 
@@ -416,7 +384,7 @@ class GatedPixelCNN(ArgumentsAsConfig, keras.Model):
 
     def logits_at(self, state, i, j):
         """(caches, logits [n, K]) at column j of the current row i, whose columns before j are recorded."""
-        labels = state["labels"] if self.num_classes else None
+        labels = state["labels"] if self.label_count else None
         condition = None
         if self.conditioned:
             condition = ops.take(ops.take(state["condition"], ops.reshape(i, (1,)), axis=1), ops.reshape(j, (1,)),
@@ -437,7 +405,7 @@ class GatedPixelCNN(ArgumentsAsConfig, keras.Model):
     def finish_row(self, state, i):
         """The caches once row i's codes are recorded: each block's vertical input at row i, and its link,
         which the horizontal stack reads on row i + 1."""
-        labels = state["labels"] if self.num_classes else None
+        labels = state["labels"] if self.label_count else None
         condition = ops.take(state["condition"], ops.reshape(i, (1,)), axis=1) if self.conditioned else None
         v = self.embedding(state["row"])[:, None]
         state = dict(state)

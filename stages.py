@@ -125,10 +125,11 @@ Batches.__doc__ = """A stage's batches: the training stream of its remaining epo
 training steps per epoch."""
 
 
-def stage_batches(train, validate, batch_size, seed, first_epoch, epochs):
-    """Batches of a stage: the shuffled training stream from `first_epoch` on, the validation batches, and
-    the full batches per epoch (`check_batch_sizes` made sure there is one)."""
-    return Batches(dataset.epochs_of_batches(train, batch_size, seed, first_epoch, epochs),
+def stage_batches(train, validate, batch_size, seed, first_epoch, epochs, augment=None):
+    """Batches of a stage: the shuffled training stream from `first_epoch` on (each element changed by
+    `augment`, see `dataset.epochs_of_batches`), the validation batches, and the full batches per epoch
+    (`check_batch_sizes` made sure there is one)."""
+    return Batches(dataset.epochs_of_batches(train, batch_size, seed, first_epoch, epochs, augment),
                    dataset.batched(validate, batch_size), int(train.cardinality()) // batch_size)
 
 

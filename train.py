@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 import dataset
+import orders
 import settings
 from callbacks import PriorSamples, ReconstructionImages
 from figures import training_curves_figure
@@ -224,7 +225,7 @@ def fit_prior(args, vqvae, data, run, stage, build, codes, samples=None, level=-
         prior = build()
         pairs = {name: code_pairs(prior, *codes[name], level) for name in codes}
         batches = stage_batches(pairs["train"], pairs["validate"], args.prior_batch_size, args.seed,
-                                state.epochs_done, stage.epochs)
+                                state.epochs_done, stage.epochs, turned_by_random_orders(prior))
         prior.compile(optimizer=cosine_adam(stage.learning_rate, stage.epochs, batches.steps_per_epoch),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=[keras.metrics.MeanMetricWrapper(bits_per_code, name="bits_per_code")],
@@ -243,6 +244,21 @@ def code_pairs(prior, levels, labels, level):
     """(prior inputs, target codes) pairs of a split's code grids at `level`: the inputs add the top codes
     for a conditioned prior and the labels for a class-conditional one."""
     return tf.data.Dataset.from_tensor_slices((prior.inputs_of(levels[level], labels, levels[0]), levels[level]))
+
+
+def turned_by_random_orders(prior):
+    """For a prior of several scan orders, what turns each training pair (inputs, target) by a symmetry drawn
+    from its stateless seed, labelled with that order (`orders`); None for a prior of one order. Validation
+    stays in order 0, so that its figures compare with a prior of one order."""
+    if prior.scan_orders == 1:
+        return None
+
+    def turn(pair, seed):
+        (*grids, labels), target = pair
+        order = orders.random_orders(1, tf.cast(tf.stack(seed), tf.int64))
+        turned = [orders.orient(grid[None], order)[0] for grid in (*grids, target)]
+        return (*turned[:-1], labels + order[0] * max(prior.num_classes, 1)), turned[-1]
+    return turn
 
 
 def load_trained_vqvae(out):

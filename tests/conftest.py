@@ -36,13 +36,15 @@ def fake_slice(rng, width=256, height=256):
 TINY_TOP_GRID = 2  # the top grid that `tiny_prior(conditioned=True)` is conditioned on
 
 
-def tiny_prior(num_classes=0, seed=0, attention_layers=0, attention_pool=1, dropout=0.0, conditioned=False):
+def tiny_prior(num_classes=0, seed=0, attention_layers=0, attention_pool=1, dropout=0.0, conditioned=False,
+               scan_orders=1):
     """A small prior with random weights and biases, so that no two codes tie anywhere (as after training);
     `conditioned`: the bottom prior of a hierarchy, given top codes [N, TINY_TOP_GRID, TINY_TOP_GRID] of 5 codes."""
     keras.utils.set_random_seed(seed)
     model = GatedPixelCNN(num_codes=6, grid_size=TINY_GRID, channels=16, num_layers=3, num_classes=num_classes,
                           attention_layers=attention_layers, attention_pool=attention_pool, dropout=dropout,
-                          condition_grid=TINY_TOP_GRID if conditioned else 0, condition_codes=5 if conditioned else 0)
+                          condition_grid=TINY_TOP_GRID if conditioned else 0, condition_codes=5 if conditioned else 0,
+                          scan_orders=scan_orders)
     for weight in model.weights:
         weight.assign(tf.random.normal(weight.shape, stddev=0.5))
     return model

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY_GRID as GRID, TINY_TOP_GRID as TOP_GRID, tiny_prior
-from prior import GatedPixelCNN, GatedPixelCNNBlock, RowCausalAttention, bits_per_code, log_likelihood
+from attention import RowCausalAttention
+from prior import GatedPixelCNN, GatedPixelCNNBlock, bits_per_code, log_likelihood
 from sampling import filter_logits
 
 
