@@ -10,7 +10,8 @@ Always:
     decode(codes[, top_codes]) -> images
     reconstruct(images) -> images
     metadata() -> a JSON string: image_size, grid, top_grid (0: one level), num_codes, class_names,
-        class_counts (the training images of each class), has_prior, has_texture, has_denoiser
+        class_counts (the training images of each class), has_prior, has_texture, has_denoiser, scan_orders
+        (those the prior learnt, `orders`; 0 without a prior)
     encode_top(images) -> top_codes; hierarchical models only
     texture(images, seed) -> the images plus one draw of the residual texture that the codes do not carry
         (`texture.DecoderTexture`), for generated slices; where has_texture
@@ -35,6 +36,13 @@ With a prior (has_prior):
         at a time in raster order (previous: the codes at position - 1), which the codec runs
     top_prior_logits(top_codes[, labels]), top_prior_start(n[, labels]), top_prior_step(state, position,
         previous): the same for the top level of a hierarchy, whose bottom level the prior_... endpoints are
+    code_log_likelihoods(images[, labels]) -> [N, G, G], log p(code | the codes before it in raster order) of
+        each of the images' codes: with top_code_log_likelihoods(images[, labels]) -> [N, T, T] of a
+        hierarchy, they sum to log_prob
+    heal(images, threshold, seed, orders[, labels]) -> a dict of anomaly maps (`healing.anomaly_maps`):
+        healed [N, S, S, 1], replaced [N, S, S, 1], anomaly [N, S, S, 1], score [N], codes_replaced [N]. Codes
+        less likely than threshold (float32, in (0, 1]) given those before them are replaced, in each of the
+        first `orders` (1..scan_orders) scan orders; labels: the class to heal each image under
 `[, labels]`: an input of conditional priors only, and required there; `[, top_codes]`: of hierarchical
 models only, and required there.
 
@@ -42,8 +50,8 @@ Every endpoint checks its inputs before any work and raises tf.errors.InvalidArg
 naming the argument and what it expects, instead of wrapping, clamping or drawing from nonsense: images with
 values outside [0, 1] or NaN; sigma not finite or not one for each image; codes and previous outside
 0..num_codes-1; label and labels outside 0..len(class_names)-1; labels or previous not one for each image; n
-below 1; temperature not positive and finite; top_k outside 0..num_codes; top_p outside (0, 1]; position
-outside 0..grid*grid-1.
+below 1; temperature not positive and finite; top_k outside 0..num_codes; top_p and threshold outside (0, 1];
+position outside 0..grid*grid-1; orders outside 1..scan_orders.
 """
 
 import json
@@ -53,16 +61,18 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+import healing
 import noise
 from hierarchy import HierarchicalPrior
 from utils import first_line
 
 REQUIRED_ENDPOINTS = ("encode", "decode", "reconstruct", "metadata")
-PRIOR_ENDPOINTS = ("sample", "prior_logits", "log_prob", "prior_start", "prior_step")
+PRIOR_ENDPOINTS = ("sample", "prior_logits", "log_prob", "prior_start", "prior_step", "code_log_likelihoods", "heal")
 METADATA_KEYS = ("image_size", "grid", "top_grid", "num_codes", "class_names", "class_counts", "has_prior",
-                 "has_texture", "has_denoiser")
+                 "has_texture", "has_denoiser", "scan_orders")
 SCALARS = {"n": tf.int32, "label": tf.int32, "temperature": tf.float32, "seed": tf.int32, "top_k": tf.int32,
-           "top_p": tf.float32, "keep_background": tf.bool, "position": tf.int32}
+           "top_p": tf.float32, "keep_background": tf.bool, "position": tf.int32, "threshold": tf.float32,
+           "orders": tf.int32}
 SAMPLING = ("temperature", "seed", "top_k", "top_p", "keep_background")
 
 
@@ -107,6 +117,7 @@ def export_savedmodel(vqvae, path, image_size, metadata, prior=None, class_count
         archive.track(prior)
         _add_sampling_endpoints(archive, vqvae, prior, specs, class_counts, background_codes(vqvae, image_size))
         _add_scoring_endpoints(archive, vqvae, prior, specs)
+        _add_anomaly_endpoints(archive, vqvae, prior, specs)
     archive.write_out(str(path), verbose=False)
 
 
@@ -180,6 +191,41 @@ def _add_scoring_endpoints(archive, vqvae, prior, specs):
         _add_level_endpoints(archive, prior.bottom, "prior", specs["codes"], with_labels, specs["top_codes"])
     else:
         _add_level_endpoints(archive, prior, "prior", specs["codes"], with_labels)
+
+
+def _add_anomaly_endpoints(archive, vqvae, prior, specs):
+    """code_log_likelihoods (and top_code_log_likelihoods of a hierarchy) and heal."""
+    with_labels = [tf.TensorSpec([None], tf.int32, name="labels")] if prior.num_classes else []
+    levels = (prior.top, prior.bottom) if isinstance(prior, HierarchicalPrior) else (prior,)
+
+    def level_log_likelihoods(level):
+        def log_likelihoods(images, labels=None):
+            images = checked_images(images)
+            codes = vqvae.encode_levels(images)
+            labels = checked_labels(labels, prior.num_classes, tf.shape(images)[0])
+            return healing.code_log_likelihoods(levels[level], codes[level], labels, codes[0] if level else None)
+        return log_likelihoods
+
+    archive.add_endpoint("code_log_likelihoods", level_log_likelihoods(len(levels) - 1),
+                         input_signature=[specs["images"], *with_labels])
+    if len(levels) == 2:
+        archive.add_endpoint("top_code_log_likelihoods", level_log_likelihoods(0),
+                             input_signature=[specs["images"], *with_labels])
+    # The healing loop, like the sampler's, needs AutoGraph and runs much faster compiled by XLA.
+    heal_levels = tf.function(healing.heal_levels, autograph=True, jit_compile=True)
+
+    def heal(images, threshold, seed, orders, labels=None):
+        images = checked_images(images)
+        labels = checked_labels(labels, prior.num_classes, tf.shape(images)[0])
+        threshold_message = "threshold: expected a probability above 0 and at most 1"
+        threshold, orders = _passed((threshold, orders), [
+            tf.debugging.assert_positive(threshold, message=threshold_message),
+            tf.debugging.assert_less_equal(threshold, 1.0, message=threshold_message),
+            *_within(orders, 1, prior.scan_orders, f"orders: expected 1 to {prior.scan_orders} scan orders")])
+        return healing.anomaly_maps(vqvae, prior, images, threshold, seed, labels, orders, heal_levels)
+
+    archive.add_endpoint("heal", heal, input_signature=[specs[name] for name in ("images", "threshold", "seed",
+                                                                                 "orders")] + with_labels)
 
 
 def _add_level_endpoints(archive, prior, prefix, codes_spec, with_labels, top_spec=None):

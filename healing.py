@@ -60,9 +60,9 @@ def heal_levels(prior, levels, log_threshold, seed, labels=None, order=0):
     return top, heal_codes(prior.bottom, levels[1], log_threshold, -1 - seed, labels, top, order)
 
 
-def anomaly_maps(vqvae, prior, images, threshold, seed, labels=None, scan_orders=None):
-    """Heal `images` [N, S, S, 1] in each of the prior's scan orders (or the first `scan_orders`); returns a
-    dict of float32 tensors:
+def anomaly_maps(vqvae, prior, images, threshold, seed, labels=None, scan_orders=None, heal=heal_levels):
+    """Heal `images` [N, S, S, 1] in each of the prior's scan orders (or the first `scan_orders`) by `heal`
+    (`heal_levels`, or a compiled one); returns a dict of float32 tensors:
     - "healed" [N, S, S, 1]: the mean over orders of the decoded healed codes;
     - "replaced" [N, S, S, 1]: the fraction of orders that replaced the code under each pixel (of either level);
     - "anomaly" [N, S, S, 1]: the mean over orders of |image - healed image| where codes were replaced (the
@@ -71,13 +71,13 @@ def anomaly_maps(vqvae, prior, images, threshold, seed, labels=None, scan_orders
     - "codes_replaced" [N]: the fraction of the image's codes (bottom level) replaced, averaged over orders.
     `threshold`: a code is replaced where the prior gives it a probability below this, given the codes
     before it. `labels`: the class each image is healed under (conditional priors)."""
-    count = scan_orders or prior.scan_orders
+    count = prior.scan_orders if scan_orders is None else scan_orders
     n = tf.shape(images)[0]
     order = tf.repeat(tf.range(count), n)
     tiled = lambda tensor: tf.tile(tensor, tf.concat([[count], tf.ones([tf.rank(tensor) - 1], tf.int32)], 0))
     levels = tuple(tiled(level) for level in vqvae.encode_levels(images))
     log_threshold = tf.math.log(tf.cast(threshold, tf.float32))
-    healed = heal_levels(prior, levels, log_threshold, seed, None if labels is None else tiled(labels), order)
+    healed = heal(prior, levels, log_threshold, seed, None if labels is None else tiled(labels), order)
     decoded = vqvae.decode_levels(*healed)
     replaced = _replaced_pixels(levels, healed, images.shape[1])
     residual = tf.abs(tiled(images) - decoded) * _blurred(replaced, images.shape[1] // levels[-1].shape[1])

@@ -327,7 +327,7 @@ def export_run(args, run, data, vqvae, texture, denoiser, prior, metrics):
                 "num_codes": vqvae.quantizer.num_codes, "has_prior": prior is not None,
                 "class_names": source.class_names if prior and prior.num_classes else [],
                 "class_counts": metrics.get("prior_class_counts") or [], "has_texture": True,
-                "has_denoiser": True}
+                "has_denoiser": True, "scan_orders": prior.scan_orders if prior else 0}
     record = marker_of(run.out)
     foreign = record is None and run.out.exists() and (not run.out.is_dir() or any(run.out.iterdir()))
     if foreign or (record is not None and record.get("kind") != "export"):  # it appeared while this run trained

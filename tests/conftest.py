@@ -125,12 +125,13 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_hierarchical(tmp_path_factory):
-    """`trained`, but a hierarchical VQ-VAE (a 4x4 top grid over the 8x8 grid) and its two-level prior."""
+    """`trained`, but a hierarchical VQ-VAE (a 4x4 top grid over the 8x8 grid) and its two-level prior, which
+    learns all eight scan orders."""
     tmp = tmp_path_factory.mktemp("hierarchical")
     data = write_adni(tmp / "AD_NC", train_patients=4, test_patients=2, slices=4)
     out, logdir = tmp / "saved_models" / "vqvae", tmp / "logs"
     result = run([sys.executable, "train.py", "--data", str(data), "--out", str(out), "--logdir", str(logdir), *TINY,
-                  "--top-downsamplings", "1", "--top-prior-epochs", "2"])
+                  "--top-downsamplings", "1", "--top-prior-epochs", "2", "--prior-scan-orders", "8"])
     assert result.returncode == 0, result.stderr[-3000:]
     return out, logdir, data, result.stdout
 

@@ -37,6 +37,9 @@ SCRIPT = textwrap.dedent("""
     def sample_class(label=0, n=2, temperature=1.0, top_k=0, top_p=1.0):
         return model.sample_class(n, label, temperature, 0, top_k, top_p, True)
 
+    def heal(threshold=0.01, orders=1, label=0, n=1, value=0.5):
+        return model.heal(images(*[value] * n), threshold, 0, orders, tf.constant([label] * n))
+
     def step(position=1, previous=(0,), label=0):
         return model.prior_step(model.prior_start(1, tf.constant([label])), position, tf.constant(previous))
 
@@ -85,6 +88,15 @@ SCRIPT = textwrap.dedent("""
         "prior_step previous K": ("previous", lambda: step(previous=(K,))),
         "prior_step previous -1": ("previous", lambda: step(previous=(-1,))),
         "prior_step 2 previous for 1 grid": ("previous", lambda: step(previous=(0, 0))),
+        "heal threshold 0": ("threshold", lambda: heal(threshold=0.0)),
+        "heal threshold 1.5": ("threshold", lambda: heal(threshold=1.5)),
+        "heal threshold nan": ("threshold", lambda: heal(threshold=nan)),
+        "heal orders 0": ("orders", lambda: heal(orders=0)),
+        "heal orders 2 of 1": ("orders", lambda: heal(orders=2)),
+        "heal label C": ("labels", lambda: heal(label=C)),
+        "heal images 1.5": ("images", lambda: heal(value=1.5)),
+        "code_log_likelihoods label C": ("labels", lambda: model.code_log_likelihoods(images(0.5), tf.constant([C]))),
+        "code_log_likelihoods nan": ("images", lambda: model.code_log_likelihoods(images(nan), tf.constant([0]))),
     }
     good = {
         "decode codes 0 and K-1": lambda: model.decode(codes(0, K - 1)),
@@ -102,6 +114,9 @@ SCRIPT = textwrap.dedent("""
         "sample_class label C-1, top_k 1": lambda: sample_class(C - 1, top_k=1),
         "prior_step position 0": lambda: step(position=0, label=C - 1)["logits"],
         "prior_step position G*G-1, previous K-1": lambda: step(position=G * G - 1, previous=(K - 1,))["logits"],
+        "heal threshold 1, label C-1, 2 images": lambda: heal(threshold=1.0, label=C - 1, n=2)["anomaly"],
+        "heal tiny threshold": lambda: heal(threshold=1e-30)["anomaly"],
+        "code_log_likelihoods 0 and 1": lambda: model.code_log_likelihoods(images(0.0, 1.0), tf.constant([0, 0])),
     }
     results = {}
     for name, (argument, call) in bad.items():
@@ -151,7 +166,9 @@ def test_inputs_at_the_edges_of_their_ranges_still_work(called):
                 "sample small temperature and top_p": [2, size, size, 1],
                 "sample_class label 0, top_k K": [2, size, size, 1],
                 "sample_class label C-1, top_k 1": [2, size, size, 1],
-                "prior_step position 0": [1, num_codes], "prior_step position G*G-1, previous K-1": [1, num_codes]}
+                "prior_step position 0": [1, num_codes], "prior_step position G*G-1, previous K-1": [1, num_codes],
+                "heal threshold 1, label C-1, 2 images": [2, size, size, 1], "heal tiny threshold": [1, size, size, 1],
+                "code_log_likelihoods 0 and 1": [2, grid, grid]}
     assert {name: results[name]["shape"] for name in expected} == expected
 
 
@@ -177,7 +194,11 @@ HIERARCHICAL_SCRIPT = textwrap.dedent("""
     arrays = {"top": top, "codes": codes, "decoded": model.decode(codes, top),
               "reconstructed": model.reconstruct(images), "log_prob": model.log_prob(images, labels),
               "labels": labels, "top_logits": top_logits, "logits": model.prior_logits(codes, top, labels),
-              "stepped": tf.stack(stepped, axis=1)}
+              "stepped": tf.stack(stepped, axis=1),
+              "code_log_likelihoods": model.code_log_likelihoods(images, labels),
+              "top_code_log_likelihoods": model.top_code_log_likelihoods(images, labels),
+              **{f"kept_{name}": value for name, value in model.heal(images, 1e-30, 0, 8, labels).items()},
+              **{f"healed_{name}": value for name, value in model.heal(images, 0.5, 0, 8, labels).items()}}
     np.savez(sys.argv[3], **{name: np.asarray(value) for name, value in arrays.items()})
 
     K_top = top_logits.shape[-1]
@@ -265,3 +286,28 @@ def test_top_codes_out_of_range_are_an_invalid_argument_error_naming_top_codes(c
 def test_top_prior_logits_names_top_codes_out_of_range(called_hierarchical):
     wrong = _named_wrongly(called_hierarchical[1], ("top_prior_logits",))
     assert not wrong, json.dumps(wrong, indent=1)[:4000]
+
+
+def test_per_position_log_likelihoods_of_both_levels_sum_to_log_prob(called_hierarchical):
+    outputs = called_hierarchical[3]
+    n, grid, top_grid = outputs["codes"].shape[0], outputs["codes"].shape[1], outputs["top"].shape[1]
+    assert outputs["code_log_likelihoods"].shape == (n, grid, grid)
+    assert outputs["top_code_log_likelihoods"].shape == (n, top_grid, top_grid)
+    total = outputs["code_log_likelihoods"].sum(axis=(1, 2)) + outputs["top_code_log_likelihoods"].sum(axis=(1, 2))
+    np.testing.assert_allclose(total, outputs["log_prob"], rtol=1e-4)
+
+
+def test_healing_below_every_likelihood_keeps_the_reconstruction_and_maps_nothing(called_hierarchical):
+    metadata, _, _, outputs = called_hierarchical
+    assert metadata["scan_orders"] == 8
+    for name in ("anomaly", "replaced", "score", "codes_replaced"):
+        assert not outputs[f"kept_{name}"].any(), name
+    np.testing.assert_allclose(outputs["kept_healed"], outputs["reconstructed"], atol=1e-5)
+
+
+def test_healing_at_a_high_threshold_replaces_codes_and_maps_only_where_it_did(called_hierarchical):
+    outputs = called_hierarchical[3]
+    assert outputs["healed_codes_replaced"].min() > 0
+    assert (outputs["healed_anomaly"][outputs["healed_replaced"] == 0] < 0.05).all()
+    np.testing.assert_allclose(outputs["healed_score"], outputs["healed_anomaly"].mean(axis=(1, 2, 3)), rtol=1e-5)
+    assert 0 <= outputs["healed_replaced"].min() and outputs["healed_replaced"].max() <= 1
