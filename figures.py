@@ -1,6 +1,6 @@
 """The figures and images the tools write: generated slices as PNGs and a grid, inputs above their
-reconstructions, codebook usage, three views of a volume, and the training curves read back from the
-TensorBoard logs. Each builder returns a matplotlib Figure; `utils.save_figure` writes it."""
+reconstructions, codebook usage, three views of a volume, anomaly maps, and the training curves read back
+from the TensorBoard logs. Each builder returns a matplotlib Figure; `utils.save_figure` writes it."""
 
 import math
 import os
@@ -8,6 +8,8 @@ import os
 import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure
+
+ANOMALY_OPACITY = 0.8  # of the anomaly map where it is highest: the anatomy under it stays visible
 
 
 def png_bytes(image):
@@ -66,6 +68,40 @@ def volume_views_figure(original, reconstruction, title):
     cuts = plotting.find_xyz_cut_coords(original)
     plotting.plot_anat(original, cut_coords=cuts, axes=top, figure=figure, title="input", colorbar=False)
     plotting.plot_anat(reconstruction, cut_coords=cuts, axes=bottom, figure=figure, colorbar=False, title=title)
+    return figure
+
+
+def anomaly_figure(image, anomaly, healed, title):
+    """An image [H, W, 1] under its anomaly map [H, W, 1] (magma, more opaque where higher; its colour bar
+    gives the scale), beside its healed image [H, W, 1]."""
+    figure = Figure(figsize=(7, 3.6))
+    left, right = figure.subplots(1, 2)
+    left.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+    highest = max(float(anomaly.max()), 1e-6)
+    shown = left.imshow(anomaly[..., 0], cmap="magma", vmin=0, vmax=highest,
+                        alpha=np.clip(anomaly[..., 0] / highest, 0, 1) * ANOMALY_OPACITY)
+    figure.colorbar(shown, ax=[left, right], fraction=0.03, pad=0.02, label="anomaly")
+    right.imshow(healed[..., 0], cmap="gray", vmin=0, vmax=1)
+    left.set_title("input and anomaly map", fontsize=8)
+    right.set_title("healed", fontsize=8)
+    for axis in (left, right):
+        axis.axis("off")
+    figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def anomaly_views_figure(original, anomaly, title):
+    """Three orthogonal views (nilearn) of the nibabel image `original` above its anomaly map `anomaly` over it
+    (more opaque where higher), cut through the map's largest blob; `title` goes over the map."""
+    from nilearn import plotting  # slow to import, and only the volumes' figures need it
+
+    figure = Figure(figsize=(10, 6.4))
+    top, bottom = figure.subplots(2, 1)
+    highest = float(np.max(anomaly.get_fdata()))
+    cuts = plotting.find_xyz_cut_coords(anomaly if highest > 0 else original)
+    plotting.plot_anat(original, cut_coords=cuts, axes=top, figure=figure, title="input", colorbar=False)
+    plotting.plot_stat_map(anomaly, bg_img=original, cut_coords=cuts, axes=bottom, figure=figure, title=title,
+                           cmap="magma", colorbar=highest > 0, transparency=anomaly if highest > 0 else None)
     return figure
 
 

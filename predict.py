@@ -10,9 +10,11 @@
     python predict.py --reconstruct-volume scan.nii.gz --out recon.nii.gz   # a whole volume, slice by slice
     python predict.py --denoise noisy/ --out clean       # every image below noisy/ freed of MRI (Rician) noise
     python predict.py --denoise scan.nii.gz --out clean.nii.gz             # a volume, slice by slice
+    python predict.py --anomaly slices/ --out maps       # anomaly maps (.npy, .png) and scores.csv, by healing
+    python predict.py --anomaly scan.nii.gz --out map.nii.gz               # a volume's map, slice by slice
 
---out is the output folder in every mode except --reconstruct-volume and --denoise of a volume, where it is
-the new .nii or .nii.gz file.
+--out is the output folder in every mode except --reconstruct-volume, and --denoise and --anomaly of a volume,
+where it is the new .nii or .nii.gz file.
 A run writes its folder beside --out and, when it succeeds, replaces --out with it as a whole (a failed run
 leaves --out as it was); a second run on the same --out meanwhile is refused.
 --reconstruct and --evaluate split DATA as the model's training did, with the data settings its config.json
@@ -29,31 +31,32 @@ import os
 import shlex
 from pathlib import Path
 
-import keras
 import numpy as np
 
+import anomaly
 import dataset
 import denoising
 import evaluation
 import figures
+import generating
 import volumes
 from codec import HEADER, CodecError, PriorCodec, compress_files, decompress_files, model_fingerprint, prior_bits
-from export import add_texture, load_export, sample_images
+from export import load_export
 from metrics import psnr_text
+from orders import ORDERS
 from settings import INT32_MAX, SEEDS, integers, numbers
-from utils import (check_apart, check_free_space, check_output_folder, check_writable, fail, final_path,
-                   replaced_folder, save_figure, write_bytes)
+from utils import check_apart, check_output_folder, check_writable, fail, final_path, replaced_folder, save_figure
 
 MAX_SAMPLES = 1_000_000  # --n beyond this is refused as a typo rather than a plan
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-GRID_SIZE = 64  # the grid shows at most this many of the generated images
 MAX_SHOWN = 16  # --reconstruct shows at most this many test slices
 DEFAULT_OUT = "saved_models/predictions"
 MODES = {"reconstruct": "--reconstruct", "evaluate": "--evaluate", "curves": "--curves", "compress": "--compress",
-         "decompress": "--decompress", "reconstruct_volume": "--reconstruct-volume", "denoise": "--denoise"}
+         "decompress": "--decompress", "reconstruct_volume": "--reconstruct-volume", "denoise": "--denoise",
+         "anomaly": "--anomaly"}
 # Flags that only some modes use: (flag, the modes that use it, its default there).
 MODE_FLAGS = {"n": ("--n", ("generate", "reconstruct"), 16),
-              "label": ("--label", ("generate",), None),
+              "label": ("--label", ("generate", "anomaly"), None),
               "temperature": ("--temperature", ("generate",), 1.0),
               "top_k": ("--top-k", ("generate",), 0),
               "top_p": ("--top-p", ("generate",), 1.0),
@@ -62,7 +65,10 @@ MODE_FLAGS = {"n": ("--n", ("generate", "reconstruct"), 16),
               "split": ("--split", ("evaluate",), "test"),
               "metrics_out": ("--metrics-out", ("evaluate",), None),
               "noise_sigma": ("--noise-sigma", ("denoise",), None),
-              "batch_size": ("--batch-size", ("generate", "compress", "reconstruct_volume", "denoise"), 64)}
+              "threshold": ("--threshold", ("anomaly",), anomaly.DEFAULT_THRESHOLD),
+              "orders": ("--orders", ("anomaly",), None),
+              "batch_size": ("--batch-size", ("generate", "compress", "reconstruct_volume", "denoise", "anomaly"),
+                             64)}
 # The values each numeric flag accepts. The export takes the seed, top-k and counts as int32 and the
 # temperature and top-p as float32, into which TensorFlow would wrap or round larger values without a word.
 VALUE_RANGES = {"n": integers(1, MAX_SAMPLES, expected=f"a number of images from 1 to {MAX_SAMPLES:,}"),
@@ -72,7 +78,9 @@ VALUE_RANGES = {"n": integers(1, MAX_SAMPLES, expected=f"a number of images from
                 "top_k": integers(0, expected=f"0 (keep all codes) or a positive number up to {INT32_MAX:,}"),
                 "top_p": numbers(0, 1, expected="a probability above 0 and at most 1"),
                 "noise_sigma": numbers(0, FLOAT32_MAX, exclusive="", expected="a finite noise level of 0 or more "
-                                       "(a fraction of the intensity range)")}
+                                       "(a fraction of the intensity range)"),
+                "threshold": numbers(0, 1, expected="a probability above 0 and at most 1"),
+                "orders": integers(1, ORDERS, expected=f"1 to {ORDERS} scan orders (at most those the prior learnt)")}
 
 
 def build_parser():
@@ -102,17 +110,21 @@ def build_parser():
                        "(every image below them, written as PNGs in the same layout under --out); or one NIfTI or "
                        "Analyze volume, denoised slice by slice along the model's axis into the new volume --out, "
                        "with a figure of three orthogonal views beside it. Needs an export with a denoiser")
+    modes.add_argument("--anomaly", nargs="+", metavar="IMAGE_FOLDER_OR_VOLUME",
+                       help="anomaly maps by healing with the prior, as --denoise reads its inputs: per image "
+                       "NAME_anomaly.npy (its own size) and NAME_anomaly.png, and scores.csv; of a volume, its map "
+                       "as the new volume --out, with a figure of three orthogonal views beside it")
     parser.add_argument("--model", default="saved_models/vqvae", help="SavedModel folder (default: %(default)s)")
     parser.add_argument("--out", help=f"the output folder, replaced as a whole when the run succeeds (default: "
-                        f"{DEFAULT_OUT}); with --reconstruct-volume and --denoise of a volume, the new .nii or .nii.gz "
-                        "file to write (required there)")
+                        f"{DEFAULT_OUT}); with --reconstruct-volume, and --denoise and --anomaly of a volume, the new "
+                        ".nii or .nii.gz file to write (required there)")
     parser.add_argument("--n", type=int, help="generating: how many images to generate (default: 16); "
                         f"--reconstruct: how many test slices to show, at most {MAX_SHOWN} (default: 16)")
-    parser.add_argument("--seed", type=int, default=0, help=f"seed of the sampler, 0 to {INT32_MAX:,} (default: "
-                        "%(default)s); data splits always use the seed the model was trained with")
-    parser.add_argument("--batch-size", type=int, help="images generated, compressed, reconstructed or denoised "
-                        "at once; "
-                        "memory does not grow with --n (default: 64)")
+    parser.add_argument("--seed", type=int, default=0, help=f"seed of the sampler (and of --anomaly's healing), 0 "
+                        f"to {INT32_MAX:,} (default: %(default)s); data splits always use the seed the model was "
+                        "trained with")
+    parser.add_argument("--batch-size", type=int, help="images generated, compressed, reconstructed, denoised or "
+                        "healed at once; memory does not grow with --n (default: 64)")
     _add_generation_flags(parser)
     scoring = parser.add_argument_group("--evaluate")
     scoring.add_argument("--split", choices=dataset.SPLITS, help="split to evaluate (default: test)")
@@ -121,13 +133,19 @@ def build_parser():
     denoising_flags.add_argument("--noise-sigma", type=float, help="the standard deviation of the noise, a "
                                  "fraction of the intensity range, at the input's own resolution (default: "
                                  "estimated per image, or per volume, from its background)")
+    healing_flags = parser.add_argument_group("--anomaly (and --label, above)")
+    healing_flags.add_argument("--threshold", type=float, help="codes less likely than this under the prior, given "
+                               f"the codes before them, are replaced (default: {anomaly.DEFAULT_THRESHOLD})")
+    healing_flags.add_argument("--orders", type=int, help="heal in this many of the scan orders the prior learnt "
+                               "and average the maps (default: all)")
     return parser
 
 
 def _add_generation_flags(parser):
     """The sampling controls, used when generating only."""
     group = parser.add_argument_group("generating (no mode flag)")
-    group.add_argument("--label", help="class to generate, e.g. AD or NC (conditional models only)")
+    group.add_argument("--label", help="class to generate, e.g. AD or NC (conditional models only); with --anomaly, "
+                       "the class to heal under (default: each input's most likely)")
     group.add_argument("--temperature", type=float,
                        help="sampling temperature; lower is more conservative (default: 1.0)")
     group.add_argument("--top-k", type=int,
@@ -159,8 +177,9 @@ def parse_args(argv=None):
             parser.error(f"{flag} is for {users} only, not {named[-1]}")
     if args.out is None and args.mode == "reconstruct_volume":
         parser.error("--reconstruct-volume needs --out, the new .nii or .nii.gz file to write")
-    if args.out is None and args.mode == "denoise" and any(map(volumes.is_volume, args.denoise)):
-        parser.error("--denoise of a volume needs --out, the new .nii or .nii.gz file to write")
+    if args.out is None and args.mode in ("denoise", "anomaly") and any(map(volumes.is_volume,
+                                                                              getattr(args, args.mode))):
+        parser.error(f"{MODES[args.mode]} of a volume needs --out, the new .nii or .nii.gz file to write")
     args.out = args.out or DEFAULT_OUT
     _check_values(parser, args)
     return args
@@ -206,7 +225,7 @@ def read_paths(args):
     model was trained on, which the next training run reads."""
     given = {"--model": [args.model], "--reconstruct": [args.reconstruct], "--evaluate": [args.evaluate],
              "--curves": [args.curves], "--compress": args.compress or [], "--decompress": args.decompress or [],
-             "--denoise": args.denoise or []}
+             "--denoise": args.denoise or [], "--anomaly": args.anomaly or []}
     named = [(flag, path) for flag, paths in given.items() for path in paths if path not in (None, "demo")]
     return named + [(f"--model {args.model}'s training data", path) for path in evaluation.training_data(args.model)]
 
@@ -241,72 +260,6 @@ def check_volume_outputs(out, model, mode="--reconstruct-volume"):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Generating
-
-
-def generate(model, metadata, args, out):
-    """Sample `args.n` new slices into the folder `out`, --batch-size at a time, each written as a PNG as soon
-    as it is drawn (memory does not grow with --n), and a grid of the first GRID_SIZE. Returns (grid path, image
-    paths)."""
-    classes = metadata["class_names"]
-    if not metadata.get("has_prior"):
-        fail(f"--model {args.model}: this export has no prior to sample from; "
-             f"use --reconstruct DATA, or train one with train.py --stage prior")
-    if args.label is not None and not classes:
-        fail(f"--label {args.label}: the model at {args.model} is not class-conditional")
-    if args.label is not None and args.label not in classes:
-        fail(f"--label {args.label}: expected one of {', '.join(classes)}")
-    if args.top_k > metadata["num_codes"]:
-        fail(f"--top-k {args.top_k}: expected 0 (keep all codes) up to {metadata['num_codes']}, the model's number "
-             f"of codes")
-    size = metadata["image_size"]
-    needed = args.n * (size * size * 1.1 + 1024)  # an 8-bit PNG is at most about its raw size
-    check_free_space(f"--n {args.n}", out, needed, f"{args.n:,} images of {size}x{size}")
-    stem = f"sample_{args.label}" if args.label else "sample"
-    width = max(3, len(str(args.n - 1)))
-    paths, shown = [], []
-    progress = keras.utils.Progbar(args.n, unit_name="image")
-    for batch, start in enumerate(range(0, args.n, args.batch_size)):
-        images = draw(model, metadata, args, min(args.batch_size, args.n - start), batch_seed(args.seed, batch))
-        for image in images:
-            paths.append(out / f"{stem}_{len(paths):0{width}d}.png")
-            write_bytes(paths[-1], figures.png_bytes(image))
-        shown.extend(images[:GRID_SIZE - len(shown)])
-        progress.add(len(images))
-    texture = ", texture" if args.texture else ""
-    title = (f"{args.label or 'generated'} (temperature {args.temperature}{filter_text(args)}{texture}, "
-             f"seed {args.seed})")
-    if args.n > len(shown):
-        title += f": the first {len(shown)} of {args.n}"
-    grid = out / f"{stem}_grid.png"
-    save_figure(figures.image_grid_figure(shown, title), grid, dpi=100, bbox_inches="tight")
-    return grid, paths
-
-
-def filter_text(args):
-    """The sampling controls in use, for a figure title: '', ', top-k 20', ', top-p 0.9', ..."""
-    return (f", top-k {args.top_k}" if args.top_k else "") + (f", top-p {args.top_p:g}" if args.top_p < 1 else "")
-
-
-def batch_seed(seed, batch):
-    """The sampler's seed for one batch: `seed` itself for the first (so --n up to --batch-size draws what the
-    export's sample(n, temperature, seed, top_k, top_p, keep_background) draws), then seeds derived from
-    (seed, batch)."""
-    if batch == 0:
-        return seed
-    return int(np.random.SeedSequence([seed % 2**32, batch]).generate_state(1)[0] >> 1)
-
-
-def draw(model, metadata, args, count, seed):
-    """`count` images [count, S, S, 1] sampled from the export's prior (of --label's class if given), with
-    the export's texture if `args.texture`."""
-    label = None if args.label is None else metadata["class_names"].index(args.label)
-    images = sample_images(model, count, args.temperature, seed, args.top_k, args.top_p, args.keep_background,
-                           label)
-    return add_texture(model, images, seed) if args.texture else images
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Reconstructing and evaluating a split
 
 
@@ -327,7 +280,7 @@ def run_generate(args):
     """Generate --n slices and their grid."""
     with new_outputs(args) as folder:
         model, metadata = open_model(args.model)
-        grid, paths = generate(model, metadata, args, folder)
+        grid, paths = generating.generate(model, metadata, args, folder)
     first, last = (final_path(path, folder, args.out) for path in (paths[0], paths[-1]))
     print(f"Grid:   {final_path(grid, folder, args.out)}")
     print(f"Images: {len(paths)} PNGs, {first} ... {last}")
@@ -437,15 +390,21 @@ def sigma_text(item):
     return f"noise sigma {item.sigma:.4f} ({'estimated' if item.estimated else 'given'})"
 
 
+def one_volume(args):
+    """Whether the mode's inputs (of --denoise or --anomaly) are one volume, not images; exits with one line if a
+    volume comes with other inputs, or images with a volume's name as --out."""
+    flag, given = MODES[args.mode], getattr(args, args.mode)
+    if any(map(volumes.is_volume, given)) and len(given) > 1:
+        fail(f"{flag} {' '.join(given)}: a volume is read on its own; give it in a separate run")
+    if not volumes.is_volume(given[0]) and args.out.endswith((".nii", ".nii.gz")):
+        fail(f"--out {args.out}: a volume's name; {flag} writes images to a folder")
+    return volumes.is_volume(given[0])
+
+
 def run_denoise(args):
     """Denoise the images, or the volume, of --denoise."""
-    is_volume = [volumes.is_volume(path) for path in args.denoise]
-    if any(is_volume) and len(is_volume) > 1:
-        fail(f"--denoise {' '.join(args.denoise)}: a volume is denoised on its own; give it in a separate run")
-    if any(is_volume):
+    if one_volume(args):
         return run_denoise_volume(args)
-    if args.out.endswith((".nii", ".nii.gz")):
-        fail(f"--out {args.out}: a volume's name; --denoise writes images to a folder")
     with new_outputs(args) as folder:
         model, metadata = open_denoiser(args)
         done, seconds = denoising.denoise_files(model, metadata["image_size"], args.denoise, folder,
@@ -475,9 +434,46 @@ def run_denoise_volume(args):
     print(f"Views:  {figure_path}")
 
 
+def run_anomaly(args):
+    """Anomaly maps of the images, or of the volume, of --anomaly, by healing them with the prior."""
+    if one_volume(args):
+        return run_anomaly_volume(args)
+    with new_outputs(args) as folder:
+        model, metadata = open_model(args.model)
+        healer = anomaly.open_healer(model, metadata, args)
+        done, seconds = anomaly.anomaly_files(healer, metadata["image_size"], args.anomaly, folder)
+    for item in done:
+        print(item.summary())
+    print(f"Anomaly maps of {len(done)} images in {args.out}, scores in {Path(args.out) / anomaly.SCORES_FILE}: "
+          f"{seconds:.3f} s per image")
+
+
+def run_anomaly_volume(args):
+    """The anomaly map of the volume of --anomaly, healed slice by slice along the model's axis, as the new
+    file --out."""
+    out, figure_path = check_volume_outputs(args.out, args.model, "--anomaly of a volume")
+    model, metadata = open_model(args.model)
+    healer = anomaly.open_healer(model, metadata, args)
+    axis = evaluation.recorded_config(args.model)["axis"]
+    try:
+        original, mapped, item, seconds, note = anomaly.anomaly_volume(healer, metadata["image_size"],
+                                                                       args.anomaly[0], axis)
+    except volumes.VolumeError as error:
+        fail(f"--anomaly {error}")
+    if note:
+        print(note)
+    volumes.write_volume(out, mapped)
+    orders = f"{healer.orders} scan order" + ("s" if healer.orders > 1 else "")
+    title = f"anomaly map ({axis} slices, threshold {healer.threshold:g}, {orders})"
+    save_figure(figures.anomaly_views_figure(original, mapped, title), figure_path, dpi=100)
+    print(f"{item.summary()}; {seconds:.3f} s per {axis} slice")
+    print(f"Volume: {out}")
+    print(f"Views:  {figure_path}")
+
+
 RUNS = {"generate": run_generate, "reconstruct": run_reconstruct, "evaluate": run_evaluate, "curves": run_curves,
         "compress": run_compress, "decompress": run_decompress, "reconstruct_volume": run_reconstruct_volume,
-        "denoise": run_denoise}
+        "denoise": run_denoise, "anomaly": run_anomaly}
 
 
 def main(argv=None):

@@ -189,11 +189,12 @@ def test_predict_bad_input_gives_one_line(trained, tmp_path, capsys, args, messa
     (["--evaluate", "d", "--reconstruct", "d"], "argument --reconstruct: not allowed with argument --evaluate"),
     (["--curves", "logs", "--compress", "x.png"], "argument --compress: not allowed with argument --curves"),
     (["--evaluate", "d", "--n", "4"], "--n is for generating and --reconstruct only, not --evaluate"),
-    (["--compress", "x.png", "--label", "AD"], "--label is for generating only, not --compress"),
+    (["--compress", "x.png", "--label", "AD"], "--label is for generating and --anomaly only, not --compress"),
     (["--reconstruct", "d", "--no-texture"], "--texture is for generating only, not --reconstruct"),
     (["--split", "train"], "--split is for --evaluate only, not generating"),
     (["--decompress", "x.vqz", "--batch-size", "8"], "--batch-size is for generating, --compress, "
-                                                       "--reconstruct-volume and --denoise only, not --decompress"),
+                                                       "--reconstruct-volume, --denoise and --anomaly only, not "
+                                                       "--decompress"),
     (["--reconstruct-volume", "scan.nii"], "--reconstruct-volume needs --out"),
 ])
 def test_predict_runs_one_mode_and_refuses_flags_that_mode_does_not_use(tmp_path, capsys, args, message):
