@@ -38,8 +38,8 @@ SCORES_FILE = "scores.csv"
 @dataclasses.dataclass
 class Scored:
     """What --anomaly found in one input: its path, the class it was healed under ("" for an unconditional
-    prior), its score (the mean of its anomaly map, of its slices' for a volume) and the fraction of its codes
-    replaced."""
+    prior), its score (the peak of its anomaly map; of a volume, the highest of its slices') and the fraction
+    of its codes replaced."""
 
     path: str
     label: str
@@ -197,6 +197,6 @@ def anomaly_volume(healer, size, path, axis):
     anomaly, _ = volumes.through_slices(scan.volume, axis, size, heal_slices)
     seconds = (time.perf_counter() - started) / len(found["score"])
     mapped = nib.Nifti1Image(volumes.to_stored_order(scan.image, anomaly).astype(np.float32), scan.image.affine)
-    scored = Scored(str(path), healer.class_name(found["labels"], 0), float(np.mean(found["score"])),
+    scored = Scored(str(path), healer.class_name(found["labels"], 0), float(np.max(found["score"])),
                     float(np.mean(found["codes_replaced"])))
     return scan.original(), mapped, scored, seconds, scan.note

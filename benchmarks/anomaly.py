@@ -14,9 +14,9 @@ highest Dice). The test split then reports, per method: pixel-level AUPRC and Di
 (what papers report) and at the validation-chosen one (what a user gets), the image-level AUROC of the
 method's score (lesioned against untouched slices), and seconds per slice. Methods:
   heal-K      the export's heal in its first K scan orders (each K of --orders): anomaly map and score
-  residual    |x - reconstruct(x)|, blurred by a Gaussian of one code's width; score: its mean
+  residual    |x - reconstruct(x)|, blurred by a Gaussian of one code's width; score: its peak
   nll         -log p(code | codes before it) (code_log_likelihoods), each code's value over its pixels,
-              blurred likewise; score: its mean
+              blurred likewise; score: its peak
 Pixel metrics pool every pixel of the lesioned and untouched test slices.
 
     python -m benchmarks.anomaly --model saved_models/adni --data ../shared/data/ADNI \\
@@ -162,7 +162,7 @@ class Methods:
 
     def residual(self, images):
         maps = blurred(np.abs(images - in_batches(self.model.reconstruct, images)[..., 0]), self.code_width)
-        return maps, maps.mean(axis=(1, 2))
+        return maps, maps.max(axis=(1, 2))
 
     def nll(self, images):
         def call(batch):
@@ -171,7 +171,7 @@ class Methods:
         per_code = -in_batches(call, images)
         pixels = np.kron(per_code, np.ones((self.code_width, self.code_width), np.float32))
         maps = blurred(pixels, self.code_width)
-        return maps, maps.mean(axis=(1, 2))
+        return maps, maps.max(axis=(1, 2))
 
 
 def evaluate(maps, scores, masks, lesioned_count, threshold):
