@@ -29,7 +29,7 @@ import figures
 import volumes
 from denoising import read_native
 from folders import mirrored_inputs, output_path
-from utils import fail, save_figure, write_bytes
+from utils import class_index, fail, save_figure, write_bytes
 
 DEFAULT_THRESHOLD = 0.01
 SCORES_FILE = "scores.csv"
@@ -118,11 +118,7 @@ def open_healer(model, metadata, args):
     if orders > learnt:
         fail(f"--orders {orders}: expected 1 to {learnt}, the scan orders that the prior of --model {args.model} "
              f"learnt")
-    if args.label is not None and not classes:
-        fail(f"--label {args.label}: the model at {args.model} is not class-conditional")
-    if args.label is not None and args.label not in classes:
-        fail(f"--label {args.label}: expected one of {', '.join(classes)}")
-    label = None if args.label is None else classes.index(args.label)
+    label = class_index(args.label, classes, args.model)
     return Healer(model, tuple(classes), args.threshold, args.seed, orders, label, args.batch_size)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 import figures
 from export import add_texture, sample_images
-from utils import check_free_space, fail, save_figure, write_bytes
+from utils import check_free_space, class_index, fail, save_figure, write_bytes
 
 GRID_SIZE = 64  # the grid shows at most this many of the generated images
 
@@ -19,10 +19,7 @@ def generate(model, metadata, args, out):
     if not metadata.get("has_prior"):
         fail(f"--model {args.model}: this export has no prior to sample from; "
              f"use --reconstruct DATA, or train one with train.py --stage prior")
-    if args.label is not None and not classes:
-        fail(f"--label {args.label}: the model at {args.model} is not class-conditional")
-    if args.label is not None and args.label not in classes:
-        fail(f"--label {args.label}: expected one of {', '.join(classes)}")
+    class_index(args.label, classes, args.model)
     if args.top_k > metadata["num_codes"]:
         fail(f"--top-k {args.top_k}: expected 0 (keep all codes) up to {metadata['num_codes']}, the model's number "
              f"of codes")
@@ -67,7 +64,7 @@ def batch_seed(seed, batch):
 def draw(model, metadata, args, count, seed):
     """`count` images [count, S, S, 1] sampled from the export's prior (of --label's class if given), with
     the export's texture if `args.texture`."""
-    label = None if args.label is None else metadata["class_names"].index(args.label)
+    label = class_index(args.label, metadata["class_names"], args.model)
     images = sample_images(model, count, args.temperature, seed, args.top_k, args.top_p, args.keep_background,
                            label)
     return add_texture(model, images, seed) if args.texture else images

@@ -20,6 +20,18 @@ def fail(message):
     sys.exit(2)
 
 
+def class_index(label, class_names, model):
+    """The index of the class named `label` (--label) among `class_names` of the export at `model`, or None for
+    no --label; exits with one line if the model is not class-conditional or has no such class."""
+    if label is None:
+        return None
+    if not class_names:
+        fail(f"--label {label}: the model at {model} is not class-conditional")
+    if label not in class_names:
+        fail(f"--label {label}: expected one of {', '.join(class_names)}")
+    return class_names.index(label)
+
+
 def first_line(error):
     """The first line of an error's message, with its type, at most 200 characters: for one-line errors that
     quote what a library raised."""
