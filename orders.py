@@ -45,6 +45,6 @@ def _per_grid(grids, order, turn):
     return turned if channels else turned[..., 0]
 
 
-def random_orders(count, seed):
-    """int32 [count] orders drawn uniformly from the stateless `seed` (a pair of ints)."""
-    return tf.random.stateless_uniform([count], seed, 0, ORDERS, dtype=tf.int32)
+def random_orders(count, seed, orders=ORDERS):
+    """int32 [count] of the first `orders` orders, drawn uniformly from the stateless `seed` (a pair of ints)."""
+    return tf.random.stateless_uniform([count], seed, 0, orders, dtype=tf.int32)

@@ -154,9 +154,9 @@ class GatedPixelCNN(ArgumentsAsConfig, keras.Model):
     3x3 convolutions dilated 1, 2, ..., T/2 (so every top position reaches every other) and upsampled to the
     grid, and every block adds that map inside its gates. Inputs are then (codes, top codes[, labels]).
 
-    With `scan_orders` 8 it is trained on grids turned by each symmetry of the square (`orders.orient`), its
-    order a condition: the class embedding then has a row per (order, class), and the labels that `call`
-    takes are `network_labels`. Order 0 is the grid as it is; sampling draws in it.
+    With `scan_orders` N > 1 it is trained on grids turned by the first N symmetries of the square
+    (`orders.orient`), its order a condition: the class embedding then has a row per (order, class), and the
+    labels that `call` takes are `network_labels`. Order 0 is the grid as it is; sampling draws in it.
     """
 
     def __init__(self, num_codes=256, grid_size=32, channels=64, num_layers=10, num_classes=0, attention_layers=0,

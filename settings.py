@@ -173,10 +173,11 @@ SETTINGS = (
     _setting("prior_dropout", "prior", (PRIOR,), (PRIOR, "dropout"), numbers(0, 1, "high"), type=float, default=0.0,
              help="fraction of each gated block's horizontal features dropped in training, against over-fitting on "
              "small data (default: %(default)s)"),
-    _setting("prior_scan_orders", "prior", (PRIOR,), (PRIOR, "scan_orders"), type=int, default=1, choices=[1, 8],
-             help="scan orders the prior learns: 8 trains it on the code grids turned by each symmetry of the "
-             "square, its order a condition, so that anomaly maps (predict.py --anomaly) judge each code from "
-             "every side; sampling and the codec use order 0 (default: %(default)s)"),
+    _setting("prior_scan_orders", "prior", (PRIOR,), (PRIOR, "scan_orders"), integers(1, 8), type=int, default=1,
+             help="scan orders the prior learns, the first N of the square's 8 symmetries (4 rotations, then "
+             "their transposes): it is trained on the code grids turned by each, its order a condition, so that "
+             "anomaly maps (predict.py --anomaly) judge each code from several sides; sampling and the codec use "
+             "order 0 (default: %(default)s)"),
     _setting("prior_batch_size", "prior", (PRIOR,), accepts=integers(), type=int, default=8,
              help="code grids per step of the prior: small, because the prior learns from more steps and on a CPU "
              "an epoch costs hardly more in smaller batches; raise it on a GPU (default: %(default)s)"),

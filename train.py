@@ -247,7 +247,7 @@ def code_pairs(prior, levels, labels, level):
 
 
 def turned_by_random_orders(prior):
-    """For a prior of several scan orders, what turns each training pair (inputs, target) by a symmetry drawn
+    """For a prior of several scan orders, what turns each training pair (inputs, target) by one of them drawn
     from its stateless seed, labelled with that order (`orders`); None for a prior of one order. Validation
     stays in order 0, so that its figures compare with a prior of one order."""
     if prior.scan_orders == 1:
@@ -255,7 +255,7 @@ def turned_by_random_orders(prior):
 
     def turn(pair, seed):
         (*grids, labels), target = pair
-        order = orders.random_orders(1, tf.cast(tf.stack(seed), tf.int64))
+        order = orders.random_orders(1, tf.cast(tf.stack(seed), tf.int64), prior.scan_orders)
         turned = [orders.orient(grid[None], order)[0] for grid in (*grids, target)]
         return (*turned[:-1], labels + order[0] * max(prior.num_classes, 1)), turned[-1]
     return turn

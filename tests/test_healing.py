@@ -132,3 +132,6 @@ def test_training_pairs_are_turned_by_the_order_their_label_names():
         seen.add(order)
     assert seen == set(range(8))
     assert turned_by_random_orders(tiny_prior()) is None
+    rotations = turned_by_random_orders(tiny_prior(scan_orders=4))
+    drawn = {int(rotations(((codes, tf.constant(0)), codes), [7, index])[0][-1]) for index in range(80)}
+    assert drawn == {0, 1, 2, 3}, "a prior of 4 orders learns the first 4, the rotations"

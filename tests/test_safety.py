@@ -238,14 +238,14 @@ def write_stale_export(path, metadata, endpoints=()):
 
 
 CURRENT_METADATA = {"image_size": 32, "grid": 8, "top_grid": 0, "num_codes": 16, "class_names": [], "class_counts": [],
-                    "has_prior": False, "has_texture": True, "has_denoiser": True}
+                    "has_prior": False, "has_texture": True, "has_denoiser": True, "scan_orders": 0}
 
 
 @pytest.mark.parametrize("metadata, endpoints, missing", [
     ({key: value for key, value in CURRENT_METADATA.items() if key != "has_texture"},
      ("denoise", "noise_sigma"), "metadata without has_texture:"),
     ({**CURRENT_METADATA, "has_prior": True}, ("texture", "denoise", "noise_sigma", "sample"),
-     "no prior_logits, log_prob, prior_start, prior_step endpoints:"),
+     "no prior_logits, log_prob, prior_start, prior_step, code_log_likelihoods, heal endpoints:"),
 ])
 def test_a_stale_export_gets_one_line_asking_to_retrain_it(metadata, endpoints, missing, tmp_path, capsys):
     stale = tmp_path / "stale"

@@ -101,7 +101,7 @@ def textured_export(tmp_path_factory):
     texture.kernel.assign(np.pad([[1.0]], 1)[..., None, None].astype("float32"))
     folder = tmp_path_factory.mktemp("export") / "model"
     metadata = {"image_size": 32, "grid": 8, "top_grid": 0, "num_codes": 16, "has_prior": True, "class_names": [],
-                "class_counts": [], "has_texture": True, "has_denoiser": False}
+                "class_counts": [], "has_texture": True, "has_denoiser": False, "scan_orders": 1}
     export_savedmodel(vqvae, folder, 32, metadata, prior, texture=texture)
     return folder, texture
 
