@@ -35,13 +35,17 @@ def _unorient_all(grids, order):
 
 
 def _per_grid(grids, order, turn):
-    """Each grid turned by its own order: all eight turns of the batch, then each grid's pick."""
+    """Each grid turned by its own order: all eight turns of the batch, then each grid's pick (one turn when
+    `order` is a Python int)."""
     grids = tf.convert_to_tensor(grids)
     channels = grids.shape.rank == 4
     stacked = grids if channels else grids[..., None]
-    order = tf.broadcast_to(tf.cast(order, tf.int32), tf.shape(stacked)[:1])
-    every = tf.stack([turn(stacked, k) for k in range(ORDERS)], axis=1)  # [N, 8, G, G, C]
-    turned = tf.gather(every, order, batch_dims=1)
+    if isinstance(order, int):  # one known order: turn the batch once
+        turned = turn(stacked, order)
+    else:
+        order = tf.broadcast_to(tf.cast(order, tf.int32), tf.shape(stacked)[:1])
+        every = tf.stack([turn(stacked, k) for k in range(ORDERS)], axis=1)  # [N, 8, G, G, C]
+        turned = tf.gather(every, order, batch_dims=1)
     return turned if channels else turned[..., 0]
 
 
